@@ -1,0 +1,485 @@
+//! The workspace document: genesis, device certificates, members and roles, display names,
+//! and the channel list.
+//!
+//! Root keys: `kind` = "workspace", `genesis` (a signed [`Genesis`]), and four maps whose values
+//! are signed envelopes: `devices` (device hex → [`DeviceCert`]), `members` (person hex →
+//! [`Membership`]), `profiles` (person hex → [`Profile`]), `channels` (channel id →
+//! [`ChannelInfo`]). Concurrent writes to one key are all kept by Automerge; the view picks the
+//! newest *valid* one, so a forged value can never hide a genuine one.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use automerge::transaction::Transactable;
+use automerge::{Automerge, ObjType, ROOT, ReadDoc};
+
+use crate::identity::device_cert_valid;
+use crate::ids::{DeviceId, DocId, PersonId};
+use crate::signed::{ChannelInfo, DeviceCert, Genesis, Membership, Profile, Record, Signed};
+use crate::{Identity, ModelError, Role, commit, get_all_bytes, get_bytes, get_map, get_str};
+
+/// The workspace id bound to an owner key and a nonce.
+pub fn workspace_id(owner: &PersonId, nonce: &[u8; 16]) -> DocId {
+    DocId::derive("flyt/workspace/v1", &[&owner.0, nonce])
+}
+
+/// Creates a workspace in the empty document `doc` (whose actor the caller has set): genesis,
+/// the owner's device certificate, membership and profile, all in one change.
+pub fn create(
+    doc: &mut Automerge,
+    me: &Identity,
+    name: &str,
+    nonce: [u8; 16],
+    at_ms: i64,
+) -> Result<DocId, ModelError> {
+    crate::validate_name(name, false)?;
+    let id = workspace_id(&me.person_id(), &nonce);
+    let genesis = Signed::sign(
+        &me.person,
+        Genesis {
+            workspace: id,
+            nonce,
+            name: name.to_owned(),
+            at_ms,
+        },
+    );
+    let cert = me.device_cert("first device", at_ms);
+    let member = Signed::sign(
+        &me.device,
+        Membership {
+            workspace: id,
+            person: me.person_id(),
+            role: Role::Owner,
+            at_ms,
+        },
+    );
+    let profile = Signed::sign(
+        &me.device,
+        Profile {
+            workspace: id,
+            name: me.name.clone(),
+            at_ms,
+        },
+    );
+    commit(doc, at_ms, |tx| {
+        tx.put(ROOT, "kind", "workspace")?;
+        tx.put(ROOT, "genesis", genesis.to_bytes())?;
+        let devices = tx.put_object(ROOT, "devices", ObjType::Map)?;
+        tx.put(&devices, me.device_id().to_string(), cert.to_bytes())?;
+        let members = tx.put_object(ROOT, "members", ObjType::Map)?;
+        tx.put(&members, me.person_id().to_string(), member.to_bytes())?;
+        let profiles = tx.put_object(ROOT, "profiles", ObjType::Map)?;
+        tx.put(&profiles, me.person_id().to_string(), profile.to_bytes())?;
+        tx.put_object(ROOT, "channels", ObjType::Map)?;
+        Ok(())
+    })?;
+    Ok(id)
+}
+
+fn put_in(
+    doc: &mut Automerge,
+    map: &'static str,
+    key: String,
+    bytes: Vec<u8>,
+    at_ms: i64,
+) -> Result<(), ModelError> {
+    let obj = get_map(doc, &ROOT, map).ok_or(ModelError::WrongDocument("workspace"))?;
+    commit(doc, at_ms, |tx| {
+        tx.put(&obj, key, bytes)?;
+        Ok(())
+    })
+}
+
+/// Lists or updates a channel (create, rename, topic). Any member's device may.
+pub fn put_channel(
+    doc: &mut Automerge,
+    me: &Identity,
+    info: ChannelInfo,
+) -> Result<(), ModelError> {
+    crate::validate_name(&info.name, true)?;
+    let at = info.at_ms;
+    let key = info.channel.to_string();
+    put_in(doc, "channels", key, Signed::sign(&me.device, info).to_bytes(), at)
+}
+
+/// Sets `person`'s role. Checked here against the current view; the view re-checks on read.
+pub fn set_role(
+    doc: &mut Automerge,
+    me: &Identity,
+    workspace: DocId,
+    person: PersonId,
+    role: Role,
+    at_ms: i64,
+) -> Result<(), ModelError> {
+    let view = view(doc, workspace);
+    let mine = view.role(&me.person_id());
+    if !may_assign(mine, view.role(&person), role) {
+        return Err(ModelError::NotAllowed(
+            "only owners and admins change roles, and nobody changes the owner's",
+        ));
+    }
+    let rec = Signed::sign(
+        &me.device,
+        Membership {
+            workspace,
+            person,
+            role,
+            at_ms,
+        },
+    );
+    put_in(doc, "members", person.to_string(), rec.to_bytes(), at_ms)
+}
+
+/// Adds a device certificate (used for new members and linked devices).
+pub fn put_device(
+    doc: &mut Automerge,
+    cert: &Signed<DeviceCert>,
+    at_ms: i64,
+) -> Result<(), ModelError> {
+    let key = cert.payload.device.to_string();
+    put_in(doc, "devices", key, cert.to_bytes(), at_ms)
+}
+
+/// Sets this person's display name.
+pub fn set_profile(
+    doc: &mut Automerge,
+    me: &Identity,
+    workspace: DocId,
+    name: &str,
+    at_ms: i64,
+) -> Result<(), ModelError> {
+    crate::validate_name(name, false)?;
+    let rec = Signed::sign(
+        &me.device,
+        Profile {
+            workspace,
+            name: name.to_owned(),
+            at_ms,
+        },
+    );
+    put_in(doc, "profiles", me.person_id().to_string(), rec.to_bytes(), at_ms)
+}
+
+fn may_assign(signer: Option<Role>, target_current: Option<Role>, new: Role) -> bool {
+    match signer {
+        Some(Role::Owner) => new != Role::Owner && target_current != Some(Role::Owner),
+        Some(Role::Admin) => new != Role::Owner && target_current != Some(Role::Owner),
+        _ => false,
+    }
+}
+
+/// A verified member of a workspace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// Their key.
+    pub person: PersonId,
+    /// Their role (never [`Role::Removed`] in [`WorkspaceView::members`]).
+    pub role: Role,
+    /// Their display name, or a short key if they set none.
+    pub name: String,
+}
+
+/// A verified channel listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelListing {
+    /// The current (newest valid) info.
+    pub info: ChannelInfo,
+    /// Who wrote it.
+    pub by: PersonId,
+}
+
+/// What a workspace document says, after every signature and right has been checked.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct WorkspaceView {
+    /// The workspace id the view was computed for.
+    pub id: Option<DocId>,
+    /// The name from the genesis record.
+    pub name: String,
+    /// The owner (the genesis signer), if the genesis checks out.
+    pub owner: Option<PersonId>,
+    /// Creation time, ms.
+    pub created_ms: i64,
+    /// Roles of everyone with a valid membership record, removed people included.
+    pub roles: BTreeMap<PersonId, Role>,
+    /// Display names.
+    pub names: BTreeMap<PersonId, String>,
+    /// Certified devices and whose they are.
+    pub devices: BTreeMap<DeviceId, PersonId>,
+    /// Channels by id.
+    pub channels: BTreeMap<DocId, ChannelListing>,
+}
+
+impl WorkspaceView {
+    /// The role of `p`, if they ever had a valid one.
+    pub fn role(&self, p: &PersonId) -> Option<Role> {
+        self.roles.get(p).copied()
+    }
+
+    /// Whether `p` is a current member.
+    pub fn is_member(&self, p: &PersonId) -> bool {
+        self.role(p).is_some_and(|r| r >= Role::Member)
+    }
+
+    /// The person a device belongs to, if it holds a valid certificate here.
+    pub fn device_person(&self, d: &DeviceId) -> Option<PersonId> {
+        self.devices.get(d).copied()
+    }
+
+    /// The display name of `p` (a short key if none was set).
+    pub fn name_of(&self, p: &PersonId) -> String {
+        self.names
+            .get(p)
+            .cloned()
+            .unwrap_or_else(|| p.to_string()[..8].to_owned())
+    }
+
+    /// Current members, sorted by name.
+    pub fn members(&self) -> Vec<Member> {
+        let mut v: Vec<Member> = self
+            .roles
+            .iter()
+            .filter(|(_, r)| **r >= Role::Member)
+            .map(|(p, r)| Member {
+                person: *p,
+                role: *r,
+                name: self.name_of(p),
+            })
+            .collect();
+        v.sort_by(|a, b| a.name.to_lowercase().cmp(&b.name.to_lowercase()));
+        v
+    }
+
+    /// Members whose display name matches `name` (case-insensitive).
+    pub fn find_by_name(&self, name: &str) -> Vec<PersonId> {
+        self.members()
+            .into_iter()
+            .filter(|m| m.name.eq_ignore_ascii_case(name))
+            .map(|m| m.person)
+            .collect()
+    }
+}
+
+fn entries<T: Record>(doc: &Automerge, map: &str) -> Vec<(String, Vec<Signed<T>>)> {
+    let Some(obj) = get_map(doc, &ROOT, map) else {
+        return Vec::new();
+    };
+    doc.keys(&obj)
+        .map(|k| {
+            let vals = get_all_bytes(doc, &obj, &k)
+                .iter()
+                .filter_map(|b| Signed::<T>::decode(b).ok())
+                .collect();
+            (k, vals)
+        })
+        .collect()
+}
+
+/// Verifies and reads a workspace document. Invalid records are left out.
+pub fn view(doc: &Automerge, id: DocId) -> WorkspaceView {
+    let mut v = WorkspaceView {
+        id: Some(id),
+        ..Default::default()
+    };
+    if get_str(doc, &ROOT, "kind").as_deref() != Some("workspace") {
+        return v;
+    }
+    let Some(genesis) = get_bytes(doc, &ROOT, "genesis")
+        .and_then(|b| Signed::<Genesis>::decode(&b).ok())
+        .filter(|g| {
+            g.payload.workspace == id && workspace_id(&PersonId(g.signer), &g.payload.nonce) == id
+        })
+    else {
+        return v;
+    };
+    let owner = PersonId(genesis.signer);
+    v.owner = Some(owner);
+    v.name = genesis.payload.name.clone();
+    v.created_ms = genesis.payload.at_ms;
+
+    for (key, certs) in entries::<DeviceCert>(doc, "devices") {
+        if let Some(c) = certs
+            .into_iter()
+            .filter(|c| c.payload.device.to_string() == key && device_cert_valid(c))
+            .max_by_key(|c| (c.payload.at_ms, c.signer))
+        {
+            v.devices.insert(c.payload.device, PersonId(c.signer));
+        }
+    }
+
+    // Roles: start from the owner and accept assignments signed by someone who holds the right
+    // in the current result, until nothing changes. Candidates are sorted, so every replica
+    // with the same document computes the same answer.
+    let candidates: Vec<(PersonId, Vec<(PersonId, Membership)>)> =
+        entries::<Membership>(doc, "members")
+            .into_iter()
+            .filter_map(|(key, recs)| {
+                let person: PersonId = key.parse().ok()?;
+                let recs = recs
+                    .into_iter()
+                    .filter(|r| r.payload.person == person && r.payload.workspace == id)
+                    .filter_map(|r| Some((v.device_person(&r.device())?, r.payload)))
+                    .collect();
+                Some((person, recs))
+            })
+            .collect();
+    let mut roles = BTreeMap::from([(owner, Role::Owner)]);
+    for _ in 0..16 {
+        let mut next = BTreeMap::from([(owner, Role::Owner)]);
+        for (person, recs) in &candidates {
+            if *person == owner {
+                continue;
+            }
+            let best = recs
+                .iter()
+                .filter(|(signer, m)| {
+                    may_assign(roles.get(signer).copied(), Some(Role::Member), m.role)
+                })
+                .max_by_key(|(signer, m)| (m.at_ms, *signer));
+            if let Some((_, m)) = best {
+                next.insert(*person, m.role);
+            }
+        }
+        if next == roles {
+            break;
+        }
+        roles = next;
+    }
+    v.roles = roles;
+
+    for (key, profiles) in entries::<Profile>(doc, "profiles") {
+        let Ok(person) = key.parse::<PersonId>() else {
+            continue;
+        };
+        if let Some(p) = profiles
+            .into_iter()
+            .filter(|p| p.payload.workspace == id && v.device_person(&p.device()) == Some(person))
+            .max_by_key(|p| (p.payload.at_ms, p.signer))
+        {
+            v.names.insert(person, p.payload.name);
+        }
+    }
+
+    for (key, infos) in entries::<ChannelInfo>(doc, "channels") {
+        if let Some((by, info)) = infos
+            .into_iter()
+            .filter(|c| c.payload.workspace == id && c.payload.channel.to_string() == key)
+            .filter_map(|c| Some((v.device_person(&c.device())?, c.payload)))
+            .max_by_key(|(by, c)| (c.at_ms, *by))
+        {
+            v.channels.insert(info.channel, ChannelListing { info, by });
+        }
+    }
+    v
+}
+
+/// All person keys with any membership record (for sync scoping later).
+pub fn known_people(doc: &Automerge) -> BTreeSet<PersonId> {
+    get_map(doc, &ROOT, "members")
+        .map(|m| doc.keys(&m).filter_map(|k| k.parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device_actor;
+
+    pub(crate) fn ident(n: u8, name: &str) -> Identity {
+        Identity::from_secrets([n; 32], [n + 100; 32], name)
+    }
+
+    fn new_ws(owner: &Identity) -> (Automerge, DocId) {
+        let mut doc = Automerge::new().with_actor(device_actor(&owner.device_id()));
+        let id = create(&mut doc, owner, "acme", [9; 16], 1_000).unwrap();
+        (doc, id)
+    }
+
+    fn fork(doc: &Automerge, who: &Identity) -> Automerge {
+        doc.fork().with_actor(device_actor(&who.device_id()))
+    }
+
+    fn join(doc: &mut Automerge, owner: &Identity, ws: DocId, who: &Identity, role: Role, t: i64) {
+        put_device(doc, &who.device_cert("laptop", t), t).unwrap();
+        set_role(doc, owner, ws, who.person_id(), role, t).unwrap();
+        set_profile(doc, who, ws, &who.name, t).unwrap();
+    }
+
+    #[test]
+    fn owner_and_members() {
+        let (alice, bob) = (ident(1, "alice"), ident(2, "bob"));
+        let (mut doc, ws) = new_ws(&alice);
+        join(&mut doc, &alice, ws, &bob, Role::Member, 2_000);
+        let v = view(&doc, ws);
+        assert_eq!(v.owner, Some(alice.person_id()));
+        assert_eq!(v.name, "acme");
+        assert_eq!(v.role(&bob.person_id()), Some(Role::Member));
+        assert_eq!(v.name_of(&bob.person_id()), "bob");
+        assert_eq!(v.members().len(), 2);
+    }
+
+    #[test]
+    fn a_member_cannot_make_itself_admin() {
+        let (alice, mallory) = (ident(1, "alice"), ident(3, "mallory"));
+        let (mut doc, ws) = new_ws(&alice);
+        join(&mut doc, &alice, ws, &mallory, Role::Member, 2_000);
+        // The API refuses...
+        assert!(set_role(&mut doc, &mallory, ws, mallory.person_id(), Role::Admin, 3_000).is_err());
+        // ...and a hand-written record, signed by mallory's real device, is ignored by the view.
+        let forged = Signed::sign(
+            &mallory.device,
+            Membership { workspace: ws, person: mallory.person_id(), role: Role::Admin, at_ms: 9_000 },
+        );
+        put_in(&mut doc, "members", mallory.person_id().to_string(), forged.to_bytes(), 9_000).unwrap();
+        // (The overwrite erased alice's record for mallory from the current state; rejecting such
+        // changes before they are applied is the sync engine's job. The forgery never grants.)
+        assert_ne!(view(&doc, ws).role(&mallory.person_id()), Some(Role::Admin));
+        // A forged owner demotion is ignored too.
+        let forged = Signed::sign(
+            &mallory.device,
+            Membership { workspace: ws, person: alice.person_id(), role: Role::Removed, at_ms: 9_000 },
+        );
+        put_in(&mut doc, "members", alice.person_id().to_string(), forged.to_bytes(), 9_000).unwrap();
+        assert_eq!(view(&doc, ws).role(&alice.person_id()), Some(Role::Owner));
+    }
+
+    #[test]
+    fn a_forged_genesis_is_not_an_owner() {
+        let (alice, mallory) = (ident(1, "alice"), ident(3, "mallory"));
+        let (mut doc, ws) = new_ws(&alice);
+        let forged = Signed::sign(
+            &mallory.person,
+            Genesis { workspace: ws, nonce: [9; 16], name: "mine".into(), at_ms: 5 },
+        );
+        commit(&mut doc, 5, |tx| Ok(tx.put(ROOT, "genesis", forged.to_bytes())?)).unwrap();
+        let v = view(&doc, ws);
+        assert_eq!(v.owner, None);
+        assert!(v.roles.is_empty());
+    }
+
+    #[test]
+    fn nobody_can_claim_another_persons_device() {
+        let (alice, mallory) = (ident(1, "alice"), ident(3, "mallory"));
+        let (mut doc, ws) = new_ws(&alice);
+        let mut cert = mallory.device_cert("x", 5).payload;
+        cert.device = alice.device_id();
+        let forged = Signed::sign(&mallory.person, cert);
+        // Written over the genuine certificate, the forgery is never attributed to mallory.
+        put_device(&mut doc, &forged, 9_999).unwrap();
+        assert_ne!(view(&doc, ws).device_person(&alice.device_id()), Some(mallory.person_id()));
+    }
+
+    #[test]
+    fn concurrent_role_changes_converge() {
+        let (alice, bob, carol) = (ident(1, "alice"), ident(2, "bob"), ident(4, "carol"));
+        let (mut a, ws) = new_ws(&alice);
+        join(&mut a, &alice, ws, &bob, Role::Admin, 2_000);
+        join(&mut a, &alice, ws, &carol, Role::Member, 2_000);
+        let mut b = fork(&a, &bob);
+        set_role(&mut a, &alice, ws, carol.person_id(), Role::Admin, 3_000).unwrap();
+        set_role(&mut b, &bob, ws, carol.person_id(), Role::Removed, 3_000).unwrap();
+        let mut a2 = a.clone();
+        a2.merge(&mut b.clone()).unwrap();
+        b.merge(&mut a).unwrap();
+        assert_eq!(view(&a2, ws), view(&b, ws));
+        assert_eq!(a2.get_heads(), b.get_heads());
+    }
+}
