@@ -32,10 +32,7 @@ pub const MAX_EMOJI_BYTES: usize = 64;
 
 /// The document id of bucket `key` of `channel`: every peer computes the same one.
 pub fn bucket_id(channel: DocId, key: BucketKey) -> DocId {
-    DocId::derive(
-        "flyt/bucket/v1",
-        &[&channel.0, key.to_string().as_bytes()],
-    )
+    DocId::derive("flyt/bucket/v1", &[&channel.0, key.to_string().as_bytes()])
 }
 
 /// The initial bucket document, identical on every peer. The caller sets its actor next.
@@ -107,21 +104,23 @@ fn message_obj(doc: &Automerge, id: MessageId) -> Result<automerge::ObjId, Model
 }
 
 fn header_of(doc: &Automerge, obj: &automerge::ObjId) -> Option<Signed<PostHeader>> {
-    best(doc, obj, "h", |_: &Signed<PostHeader>| true)
+    best(doc, obj, "h", |h: &PostHeader| h.ts_ms, |_| true)
 }
 
-/// The newest valid record at `key` among Automerge's conflicting values.
+/// The newest valid record at `key` among Automerge's conflicting values: greatest `at`, ties
+/// broken by the envelope bytes so every replica picks the same one.
 fn best<T: Record>(
     doc: &Automerge,
     obj: &automerge::ObjId,
     key: &str,
+    at: impl Fn(&T) -> i64,
     valid: impl Fn(&Signed<T>) -> bool,
 ) -> Option<Signed<T>> {
     get_all_bytes(doc, obj, key)
         .iter()
         .filter_map(|b| Signed::<T>::decode(b).ok())
         .filter(|s| valid(s))
-        .max_by(|a, b| a.to_bytes().cmp(&b.to_bytes()))
+        .max_by(|a, b| (at(&a.payload), a.to_bytes()).cmp(&(at(&b.payload), b.to_bytes())))
 }
 
 /// Replaces the text of one of my messages.
@@ -190,6 +189,38 @@ pub fn delete(
         tx.put(&obj, "d", del.to_bytes())?;
         tx.delete(&obj, "b")?;
         Ok(())
+    })
+}
+
+/// Removes the text of deleted messages that a concurrent edit put back (an edit made while the
+/// deletion was in flight survives it in Automerge's current state). Any node that notices
+/// writes the removal; concurrent removals converge. Returns how many it cleaned.
+pub fn purge_deleted_text(
+    doc: &mut Automerge,
+    channel: DocId,
+    ids: &BTreeSet<MessageId>,
+    ws: &WorkspaceView,
+    at_ms: i64,
+) -> Result<usize, ModelError> {
+    let mut dirty = Vec::new();
+    for id in ids {
+        let Some(obj) = get_map(doc, &ROOT, &id.to_string()) else {
+            continue;
+        };
+        if doc.get(&obj, "b")?.is_some()
+            && message(doc, channel, *id, ws).is_some_and(|m| m.deleted)
+        {
+            dirty.push(obj);
+        }
+    }
+    if dirty.is_empty() {
+        return Ok(0);
+    }
+    commit(doc, at_ms, |tx| {
+        for obj in &dirty {
+            tx.delete(obj, "b")?;
+        }
+        Ok(dirty.len())
     })
 }
 
@@ -285,11 +316,18 @@ pub fn message(
     let by_author = |d: DeviceId| ws.device_person(&d) == Some(author);
     let mut verified = h.id == id && h.channel == channel && by_author(header.device());
 
-    let deletion = best(doc, &obj, "d", |d: &Signed<Deletion>| {
-        d.payload.id == id
-            && ws.device_person(&d.device()) == Some(d.payload.by)
-            && (d.payload.by == author || ws.role(&d.payload.by).is_some_and(|r| r >= Role::Admin))
-    });
+    let deletion = best(
+        doc,
+        &obj,
+        "d",
+        |d: &Deletion| d.at_ms,
+        |d: &Signed<Deletion>| {
+            d.payload.id == id
+                && ws.device_person(&d.device()) == Some(d.payload.by)
+                && (d.payload.by == author
+                    || ws.role(&d.payload.by).is_some_and(|r| r >= Role::Admin))
+        },
+    );
     let deleted = deletion.is_some();
     let mut text = String::new();
     let mut mentions = Vec::new();
@@ -323,11 +361,17 @@ pub fn message(
         }
         if let Some(r) = get_map(doc, &obj, "r") {
             for key in doc.keys(&r) {
-                let rec = best(doc, &r, &key, |x: &Signed<Reaction>| {
-                    x.payload.id == id
-                        && reaction_key(&x.payload.emoji, &x.payload.by) == key
-                        && ws.device_person(&x.device()) == Some(x.payload.by)
-                });
+                let rec = best(
+                    doc,
+                    &r,
+                    &key,
+                    |x: &Reaction| x.at_ms,
+                    |x: &Signed<Reaction>| {
+                        x.payload.id == id
+                            && reaction_key(&x.payload.emoji, &x.payload.by) == key
+                            && ws.device_person(&x.device()) == Some(x.payload.by)
+                    },
+                );
                 if let Some(x) = rec.filter(|x| x.payload.on) {
                     reactions
                         .entry(x.payload.emoji)
@@ -466,7 +510,10 @@ mod tests {
         // The text is gone from the current state of the document.
         let obj = get_map(&d, &ROOT, &id.to_string()).unwrap();
         assert!(d.get(&obj, "b").unwrap().is_none());
-        assert!(matches!(react(&mut d, &p[1], id, "👍", true, 10), Err(ModelError::Deleted(_))));
+        assert!(matches!(
+            react(&mut d, &p[1], id, "👍", true, 10),
+            Err(ModelError::Deleted(_))
+        ));
     }
 
     #[test]
@@ -478,7 +525,13 @@ mod tests {
         // bob's device signs a body for alice's message: flagged, not authentic.
         let forged = Signed::sign(
             &p[1].device,
-            Body { id, text: "I owe bob $100".into(), mentions: vec![], at_ms: 99, edit: true },
+            Body {
+                id,
+                text: "I owe bob $100".into(),
+                mentions: vec![],
+                at_ms: 99,
+                edit: true,
+            },
         );
         commit(&mut d, 99, |tx| Ok(tx.put(&obj, "b", forged.to_bytes())?)).unwrap();
         let m = message(&d, CH, id, &ws).unwrap();
@@ -488,11 +541,24 @@ mod tests {
         let fid = MessageId::new(3, [3; 10]);
         let header = Signed::sign(
             &p[1].device,
-            PostHeader { channel: CH, id: fid, author: p[0].person_id(), ts_ms: 3, reply_to: None, thread_root: None },
+            PostHeader {
+                channel: CH,
+                id: fid,
+                author: p[0].person_id(),
+                ts_ms: 3,
+                reply_to: None,
+                thread_root: None,
+            },
         );
         let body = Signed::sign(
             &p[1].device,
-            Body { id: fid, text: "alice says hi".into(), mentions: vec![], at_ms: 3, edit: false },
+            Body {
+                id: fid,
+                text: "alice says hi".into(),
+                mentions: vec![],
+                at_ms: 3,
+                edit: false,
+            },
         );
         commit(&mut d2, 3, |tx| {
             let m = tx.put_object(ROOT, fid.to_string(), ObjType::Map)?;
@@ -505,7 +571,14 @@ mod tests {
         // A deletion by a non-admin who is not the author is ignored.
         let id2 = say(&mut d, &p[0], 4, "keep me");
         let obj2 = get_map(&d, &ROOT, &id2.to_string()).unwrap();
-        let del = Signed::sign(&p[1].device, Deletion { id: id2, by: p[1].person_id(), at_ms: 5 });
+        let del = Signed::sign(
+            &p[1].device,
+            Deletion {
+                id: id2,
+                by: p[1].person_id(),
+                at_ms: 5,
+            },
+        );
         commit(&mut d, 5, |tx| Ok(tx.put(&obj2, "d", del.to_bytes())?)).unwrap();
         let m = message(&d, CH, id2, &ws).unwrap();
         assert!(!m.deleted && m.verified && m.text == "keep me");
@@ -517,6 +590,59 @@ mod tests {
         })
         .unwrap();
         assert_eq!(messages(&d, CH, &ws).len(), 2);
+    }
+
+    #[test]
+    fn a_concurrent_edit_does_not_keep_deleted_text() {
+        let (p, ws) = setup();
+        let mut a = new_bucket(&p[1]);
+        let id = say(&mut a, &p[1], 1, "secret v1");
+        let mut admin = a.fork().with_actor(device_actor(&p[2].device_id()));
+        edit(&mut a, &p[1], id, "secret v2".into(), vec![], 2).unwrap();
+        delete(&mut admin, &p[2], &ws, id, 3).unwrap();
+        a.merge(&mut admin).unwrap();
+        let obj = get_map(&a, &ROOT, &id.to_string()).unwrap();
+        assert!(
+            a.get(&obj, "b").unwrap().is_some(),
+            "the edit survived in the current state"
+        );
+        assert_eq!(
+            purge_deleted_text(&mut a, CH, &BTreeSet::from([id]), &ws, 4).unwrap(),
+            1
+        );
+        assert!(a.get(&obj, "b").unwrap().is_none());
+        assert!(message(&a, CH, id, &ws).unwrap().deleted);
+        assert_eq!(
+            purge_deleted_text(&mut a, CH, &BTreeSet::from([id]), &ws, 5).unwrap(),
+            0
+        );
+    }
+
+    #[test]
+    fn the_newest_reaction_of_two_devices_wins() {
+        let (p, _) = setup();
+        // bob gets a second device whose key sorts either way against the first.
+        for seed in [0x01u8, 0x99] {
+            let mut doc = Automerge::new().with_actor(device_actor(&p[0].device_id()));
+            let wsid = workspace::create(&mut doc, &p[0], "acme", [0; 16], 1).unwrap();
+            let phone = Identity::from_secrets([2; 32], [seed; 32], "bob");
+            for d in [&p[1], &phone] {
+                workspace::put_device(&mut doc, &d.device_cert("d", 2), 2).unwrap();
+            }
+            workspace::set_role(&mut doc, &p[0], wsid, p[1].person_id(), Role::Member, 2).unwrap();
+            let ws = workspace::view(&doc, wsid);
+            let mut laptop = new_bucket(&p[1]);
+            let id = say(&mut laptop, &p[0], 1, "hi");
+            let mut ph = laptop.fork().with_actor(device_actor(&phone.device_id()));
+            react(&mut laptop, &p[1], id, "👍", true, 10).unwrap();
+            react(&mut ph, &phone, id, "👍", false, 20).unwrap();
+            laptop.merge(&mut ph).unwrap();
+            let m = message(&laptop, CH, id, &ws).unwrap();
+            assert!(
+                m.reactions.is_empty(),
+                "seed {seed}: the newer 'off' must win"
+            );
+        }
     }
 
     #[test]

@@ -177,8 +177,12 @@ mod tests {
     #[test]
     fn two_creators_converge_on_one_document() {
         let (ws, ch) = (DocId([1; 16]), DocId([2; 16]));
-        let mut a = init(ws, ch).unwrap().with_actor(ActorId::from(&[1u8; 16][..]));
-        let mut b = init(ws, ch).unwrap().with_actor(ActorId::from(&[2u8; 16][..]));
+        let mut a = init(ws, ch)
+            .unwrap()
+            .with_actor(ActorId::from(&[1u8; 16][..]));
+        let mut b = init(ws, ch)
+            .unwrap()
+            .with_actor(ActorId::from(&[2u8; 16][..]));
         assert_eq!(a.get_heads(), b.get_heads());
         add_bucket(&mut a, BucketKey { day: 5, part: 0 }, 1).unwrap();
         add_bucket(&mut b, BucketKey { day: 6, part: 0 }, 1).unwrap();

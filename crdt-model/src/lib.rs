@@ -22,6 +22,9 @@ pub mod mentions;
 pub mod signed;
 pub mod workspace;
 
+#[cfg(test)]
+mod convergence_tests;
+
 use automerge::transaction::{CommitOptions, Transaction};
 use automerge::{ActorId, Automerge};
 use serde::{Deserialize, Serialize};

@@ -2,10 +2,12 @@
 //! and the channel list.
 //!
 //! Root keys: `kind` = "workspace", `genesis` (a signed [`Genesis`]), and four maps whose values
-//! are signed envelopes: `devices` (device hex → [`DeviceCert`]), `members` (person hex →
-//! [`Membership`]), `profiles` (person hex → [`Profile`]), `channels` (channel id →
-//! [`ChannelInfo`]). Concurrent writes to one key are all kept by Automerge; the view picks the
-//! newest *valid* one, so a forged value can never hide a genuine one.
+//! are signed envelopes: `devices` (`"{device}:{person}"` → [`DeviceCert`]), `members`
+//! (`"{person}:{time}:{signer device}"` → [`Membership`], append-only: the role history is
+//! kept, and nobody's record is replaced by anyone else's), `profiles` (person hex →
+//! [`Profile`]), `channels` (channel id → [`ChannelInfo`]). Where a key can see concurrent
+//! writes, Automerge keeps them all and the view picks the newest *valid* one, so a forged
+//! value never wins over a genuine one.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -64,9 +66,9 @@ pub fn create(
         tx.put(ROOT, "kind", "workspace")?;
         tx.put(ROOT, "genesis", genesis.to_bytes())?;
         let devices = tx.put_object(ROOT, "devices", ObjType::Map)?;
-        tx.put(&devices, me.device_id().to_string(), cert.to_bytes())?;
+        tx.put(&devices, device_key(&cert), cert.to_bytes())?;
         let members = tx.put_object(ROOT, "members", ObjType::Map)?;
-        tx.put(&members, me.person_id().to_string(), member.to_bytes())?;
+        tx.put(&members, member_key(&member), member.to_bytes())?;
         let profiles = tx.put_object(ROOT, "profiles", ObjType::Map)?;
         tx.put(&profiles, me.person_id().to_string(), profile.to_bytes())?;
         tx.put_object(ROOT, "channels", ObjType::Map)?;
@@ -98,7 +100,13 @@ pub fn put_channel(
     crate::validate_name(&info.name, true)?;
     let at = info.at_ms;
     let key = info.channel.to_string();
-    put_in(doc, "channels", key, Signed::sign(&me.device, info).to_bytes(), at)
+    put_in(
+        doc,
+        "channels",
+        key,
+        Signed::sign(&me.device, info).to_bytes(),
+        at,
+    )
 }
 
 /// Sets `person`'s role. Checked here against the current view; the view re-checks on read.
@@ -126,7 +134,20 @@ pub fn set_role(
             at_ms,
         },
     );
-    put_in(doc, "members", person.to_string(), rec.to_bytes(), at_ms)
+    put_in(doc, "members", member_key(&rec), rec.to_bytes(), at_ms)
+}
+
+fn member_key(rec: &Signed<Membership>) -> String {
+    format!(
+        "{}:{}:{}",
+        rec.payload.person,
+        rec.payload.at_ms,
+        rec.device()
+    )
+}
+
+fn device_key(cert: &Signed<DeviceCert>) -> String {
+    format!("{}:{}", cert.payload.device, PersonId(cert.signer))
 }
 
 /// Adds a device certificate (used for new members and linked devices).
@@ -135,8 +156,7 @@ pub fn put_device(
     cert: &Signed<DeviceCert>,
     at_ms: i64,
 ) -> Result<(), ModelError> {
-    let key = cert.payload.device.to_string();
-    put_in(doc, "devices", key, cert.to_bytes(), at_ms)
+    put_in(doc, "devices", device_key(cert), cert.to_bytes(), at_ms)
 }
 
 /// Sets this person's display name.
@@ -156,7 +176,13 @@ pub fn set_profile(
             at_ms,
         },
     );
-    put_in(doc, "profiles", me.person_id().to_string(), rec.to_bytes(), at_ms)
+    put_in(
+        doc,
+        "profiles",
+        me.person_id().to_string(),
+        rec.to_bytes(),
+        at_ms,
+    )
 }
 
 fn may_assign(signer: Option<Role>, target_current: Option<Role>, new: Role) -> bool {
@@ -244,7 +270,7 @@ impl WorkspaceView {
                 name: self.name_of(p),
             })
             .collect();
-        v.sort_by(|a, b| a.name.to_lowercase().cmp(&b.name.to_lowercase()));
+        v.sort_by_key(|m| m.name.to_lowercase());
         v
     }
 
@@ -295,55 +321,18 @@ pub fn view(doc: &Automerge, id: DocId) -> WorkspaceView {
     v.name = genesis.payload.name.clone();
     v.created_ms = genesis.payload.at_ms;
 
+    // A device key is certified for one person only: the device signed over that person key,
+    // so no other person can hold a valid certificate for it.
     for (key, certs) in entries::<DeviceCert>(doc, "devices") {
-        if let Some(c) = certs
+        for c in certs
             .into_iter()
-            .filter(|c| c.payload.device.to_string() == key && device_cert_valid(c))
-            .max_by_key(|c| (c.payload.at_ms, c.signer))
+            .filter(|c| device_key(c) == key && device_cert_valid(c))
         {
             v.devices.insert(c.payload.device, PersonId(c.signer));
         }
     }
 
-    // Roles: start from the owner and accept assignments signed by someone who holds the right
-    // in the current result, until nothing changes. Candidates are sorted, so every replica
-    // with the same document computes the same answer.
-    let candidates: Vec<(PersonId, Vec<(PersonId, Membership)>)> =
-        entries::<Membership>(doc, "members")
-            .into_iter()
-            .filter_map(|(key, recs)| {
-                let person: PersonId = key.parse().ok()?;
-                let recs = recs
-                    .into_iter()
-                    .filter(|r| r.payload.person == person && r.payload.workspace == id)
-                    .filter_map(|r| Some((v.device_person(&r.device())?, r.payload)))
-                    .collect();
-                Some((person, recs))
-            })
-            .collect();
-    let mut roles = BTreeMap::from([(owner, Role::Owner)]);
-    for _ in 0..16 {
-        let mut next = BTreeMap::from([(owner, Role::Owner)]);
-        for (person, recs) in &candidates {
-            if *person == owner {
-                continue;
-            }
-            let best = recs
-                .iter()
-                .filter(|(signer, m)| {
-                    may_assign(roles.get(signer).copied(), Some(Role::Member), m.role)
-                })
-                .max_by_key(|(signer, m)| (m.at_ms, *signer));
-            if let Some((_, m)) = best {
-                next.insert(*person, m.role);
-            }
-        }
-        if next == roles {
-            break;
-        }
-        roles = next;
-    }
-    v.roles = roles;
+    v.roles = resolve_roles(owner, &candidates_for(doc, id, &v));
 
     for (key, profiles) in entries::<Profile>(doc, "profiles") {
         let Ok(person) = key.parse::<PersonId>() else {
@@ -371,11 +360,89 @@ pub fn view(doc: &Automerge, id: DocId) -> WorkspaceView {
     v
 }
 
-/// All person keys with any membership record (for sync scoping later).
-pub fn known_people(doc: &Automerge) -> BTreeSet<PersonId> {
-    get_map(doc, &ROOT, "members")
-        .map(|m| doc.keys(&m).filter_map(|k| k.parse().ok()).collect())
-        .unwrap_or_default()
+/// Membership records per person, with the person each signing device belongs to. Records
+/// from uncertified devices are dropped here.
+fn candidates_for(
+    doc: &Automerge,
+    id: DocId,
+    v: &WorkspaceView,
+) -> Vec<(PersonId, Vec<(PersonId, Membership)>)> {
+    let mut by_person: BTreeMap<PersonId, Vec<(PersonId, Membership)>> = BTreeMap::new();
+    for (key, recs) in entries::<Membership>(doc, "members") {
+        for r in recs {
+            if member_key(&r) != key || r.payload.workspace != id {
+                continue;
+            }
+            if let Some(signer) = v.device_person(&r.device()) {
+                by_person
+                    .entry(r.payload.person)
+                    .or_default()
+                    .push((signer, r.payload));
+            }
+        }
+    }
+    by_person.into_iter().collect()
+}
+
+/// Decides everyone's role from the membership records, the same way on every replica and
+/// without oscillating:
+/// 1. who was *ever* an admin: the owner's grants, and grants by anyone already in the set,
+///    grown to a fixpoint (monotone, so it ends);
+/// 2. a first answer counting records by anyone ever an admin;
+/// 3. the final answer, where a person who ended up below admin in (2) keeps the authority of
+///    the records they wrote before the record that demoted them, and loses it after.
+///
+/// So removing an admin does not undo what they did while they were one, and two admins who
+/// remove each other at the same time both stay (neither removal was signed by someone who
+/// still held the right).
+fn resolve_roles(
+    owner: PersonId,
+    candidates: &[(PersonId, Vec<(PersonId, Membership)>)],
+) -> BTreeMap<PersonId, Role> {
+    let grants = |m: &Membership| m.role != Role::Owner;
+    let mut ever = BTreeSet::from([owner]);
+    loop {
+        let before = ever.len();
+        for (person, recs) in candidates {
+            if recs
+                .iter()
+                .any(|(s, m)| ever.contains(s) && m.role == Role::Admin && grants(m))
+            {
+                ever.insert(*person);
+            }
+        }
+        if ever.len() == before {
+            break;
+        }
+    }
+    let pick = |valid: &dyn Fn(&PersonId, &Membership) -> bool| {
+        let mut roles = BTreeMap::from([(owner, (Role::Owner, i64::MAX))]);
+        for (person, recs) in candidates {
+            if *person == owner {
+                continue;
+            }
+            if let Some((_, m)) = recs
+                .iter()
+                .filter(|(s, m)| grants(m) && valid(s, m))
+                .max_by_key(|(s, m)| (m.at_ms, *s))
+            {
+                roles.insert(*person, (m.role, m.at_ms));
+            }
+        }
+        roles
+    };
+    let first = pick(&|s, _| ever.contains(s));
+    let cutoff = |s: &PersonId| -> i64 {
+        match first.get(s) {
+            Some((r, _)) if *r >= Role::Admin => i64::MAX,
+            Some((_, at)) => *at,
+            None => i64::MIN,
+        }
+    };
+    pick(&|s, m| ever.contains(s) && m.at_ms < cutoff(s))
+        .into_iter()
+        .map(|(p, (r, _))| (p, r))
+        .collect()
 }
 
 #[cfg(test)]
@@ -422,22 +489,56 @@ mod tests {
         let (mut doc, ws) = new_ws(&alice);
         join(&mut doc, &alice, ws, &mallory, Role::Member, 2_000);
         // The API refuses...
-        assert!(set_role(&mut doc, &mallory, ws, mallory.person_id(), Role::Admin, 3_000).is_err());
+        assert!(
+            set_role(
+                &mut doc,
+                &mallory,
+                ws,
+                mallory.person_id(),
+                Role::Admin,
+                3_000
+            )
+            .is_err()
+        );
         // ...and a hand-written record, signed by mallory's real device, is ignored by the view.
         let forged = Signed::sign(
             &mallory.device,
-            Membership { workspace: ws, person: mallory.person_id(), role: Role::Admin, at_ms: 9_000 },
+            Membership {
+                workspace: ws,
+                person: mallory.person_id(),
+                role: Role::Admin,
+                at_ms: 9_000,
+            },
         );
-        put_in(&mut doc, "members", mallory.person_id().to_string(), forged.to_bytes(), 9_000).unwrap();
+        put_in(
+            &mut doc,
+            "members",
+            mallory.person_id().to_string(),
+            forged.to_bytes(),
+            9_000,
+        )
+        .unwrap();
         // (The overwrite erased alice's record for mallory from the current state; rejecting such
         // changes before they are applied is the sync engine's job. The forgery never grants.)
         assert_ne!(view(&doc, ws).role(&mallory.person_id()), Some(Role::Admin));
         // A forged owner demotion is ignored too.
         let forged = Signed::sign(
             &mallory.device,
-            Membership { workspace: ws, person: alice.person_id(), role: Role::Removed, at_ms: 9_000 },
+            Membership {
+                workspace: ws,
+                person: alice.person_id(),
+                role: Role::Removed,
+                at_ms: 9_000,
+            },
         );
-        put_in(&mut doc, "members", alice.person_id().to_string(), forged.to_bytes(), 9_000).unwrap();
+        put_in(
+            &mut doc,
+            "members",
+            alice.person_id().to_string(),
+            forged.to_bytes(),
+            9_000,
+        )
+        .unwrap();
         assert_eq!(view(&doc, ws).role(&alice.person_id()), Some(Role::Owner));
     }
 
@@ -447,9 +548,17 @@ mod tests {
         let (mut doc, ws) = new_ws(&alice);
         let forged = Signed::sign(
             &mallory.person,
-            Genesis { workspace: ws, nonce: [9; 16], name: "mine".into(), at_ms: 5 },
+            Genesis {
+                workspace: ws,
+                nonce: [9; 16],
+                name: "mine".into(),
+                at_ms: 5,
+            },
         );
-        commit(&mut doc, 5, |tx| Ok(tx.put(ROOT, "genesis", forged.to_bytes())?)).unwrap();
+        commit(&mut doc, 5, |tx| {
+            Ok(tx.put(ROOT, "genesis", forged.to_bytes())?)
+        })
+        .unwrap();
         let v = view(&doc, ws);
         assert_eq!(v.owner, None);
         assert!(v.roles.is_empty());
@@ -464,7 +573,61 @@ mod tests {
         let forged = Signed::sign(&mallory.person, cert);
         // Written over the genuine certificate, the forgery is never attributed to mallory.
         put_device(&mut doc, &forged, 9_999).unwrap();
-        assert_ne!(view(&doc, ws).device_person(&alice.device_id()), Some(mallory.person_id()));
+        assert_ne!(
+            view(&doc, ws).device_person(&alice.device_id()),
+            Some(mallory.person_id())
+        );
+    }
+
+    #[test]
+    fn removing_an_admin_keeps_what_they_did_as_admin() {
+        let (alice, bob, carol) = (ident(1, "alice"), ident(2, "bob"), ident(4, "carol"));
+        let (mut doc, ws) = new_ws(&alice);
+        join(&mut doc, &alice, ws, &bob, Role::Admin, 2_000);
+        join(&mut doc, &alice, ws, &carol, Role::Member, 2_000);
+        // bob re-confirms carol (replacing alice's record), then alice removes bob.
+        set_role(&mut doc, &bob, ws, carol.person_id(), Role::Member, 3_000).unwrap();
+        set_role(&mut doc, &alice, ws, bob.person_id(), Role::Removed, 4_000).unwrap();
+        let v = view(&doc, ws);
+        assert_eq!(v.role(&carol.person_id()), Some(Role::Member));
+        assert_eq!(v.role(&bob.person_id()), Some(Role::Removed));
+        // What bob signs after his removal counts for nothing.
+        let late = Signed::sign(
+            &bob.device,
+            Membership {
+                workspace: ws,
+                person: carol.person_id(),
+                role: Role::Admin,
+                at_ms: 5_000,
+            },
+        );
+        put_in(
+            &mut doc,
+            "members",
+            carol.person_id().to_string(),
+            late.to_bytes(),
+            5_000,
+        )
+        .unwrap();
+        assert_ne!(view(&doc, ws).role(&carol.person_id()), Some(Role::Admin));
+    }
+
+    #[test]
+    fn admins_removing_each_other_concurrently_both_stay() {
+        let (alice, bob, carol) = (ident(1, "alice"), ident(2, "bob"), ident(4, "carol"));
+        let (mut a, ws) = new_ws(&alice);
+        join(&mut a, &alice, ws, &bob, Role::Admin, 2_000);
+        join(&mut a, &alice, ws, &carol, Role::Admin, 2_000);
+        let (mut b, mut c) = (fork(&a, &bob), fork(&a, &carol));
+        set_role(&mut a, &alice, ws, bob.person_id(), Role::Admin, 5_000).unwrap();
+        set_role(&mut a, &alice, ws, carol.person_id(), Role::Admin, 5_000).unwrap();
+        set_role(&mut b, &bob, ws, carol.person_id(), Role::Removed, 6_000).unwrap();
+        set_role(&mut c, &carol, ws, bob.person_id(), Role::Removed, 6_000).unwrap();
+        a.merge(&mut b).unwrap();
+        a.merge(&mut c).unwrap();
+        let v = view(&a, ws);
+        assert_eq!(v.role(&bob.person_id()), Some(Role::Admin));
+        assert_eq!(v.role(&carol.person_id()), Some(Role::Admin));
     }
 
     #[test]
