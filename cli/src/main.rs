@@ -1,1 +1,315 @@
-fn main(){}
+//! `flyt`: every Flyt chat action from the shell.
+//!
+//! Without `--json` the output is for people (aligned, local times); with it, one JSON value
+//! per command for scripts. Errors go to stderr as one line and exit with status 1 (usage
+//! errors: 2); nothing is changed by a command that fails.
+
+mod output;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use peer::Store;
+
+/// Flyt: local-first team chat.
+#[derive(Debug, Parser)]
+#[command(name = "flyt", version, about, max_term_width = 100)]
+struct Cli {
+    /// Where this node keeps its identity and database.
+    /// [default: $FLYT_HOME, else the XDG data dir, e.g. ~/.local/share/flyt]
+    #[arg(long, global = true, env = "FLYT_HOME", value_name = "DIR")]
+    home: Option<PathBuf>,
+    /// Print machine-readable JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create this home's identity (a new person and device key).
+    Init {
+        /// Your display name.
+        #[arg(long)]
+        name: String,
+    },
+    /// Show this home's identity.
+    Whoami,
+    /// Create, list and switch workspaces.
+    #[command(subcommand)]
+    Workspace(WorkspaceCmd),
+    /// Create and list channels.
+    #[command(subcommand)]
+    Channel(ChannelCmd),
+    /// List the members of the current workspace.
+    #[command(subcommand)]
+    Member(MemberCmd),
+    /// Post a message; prints its id.
+    Send {
+        /// Channel: `general`, `#general` or a channel id.
+        channel: String,
+        /// Markdown text.
+        text: String,
+        /// Quote / reply to this message.
+        #[arg(long, value_name = "ID")]
+        reply_to: Option<String>,
+        /// Reply in the thread of this message.
+        #[arg(long, value_name = "ID")]
+        thread: Option<String>,
+    },
+    /// Show the newest messages of a channel, oldest first, and mark it read.
+    Read {
+        /// Channel: `general`, `#general` or a channel id.
+        channel: String,
+        /// How many messages.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Only messages older than this one (paging back through history).
+        #[arg(long, value_name = "ID")]
+        before: Option<String>,
+        /// Show this message's thread instead of the channel.
+        #[arg(long, value_name = "ID")]
+        thread: Option<String>,
+    },
+    /// Replace the text of one of your messages.
+    Edit {
+        /// Message id (or a unique prefix).
+        id: String,
+        /// New Markdown text.
+        text: String,
+    },
+    /// Delete a message for everyone (yours, or anyone's if you are an admin).
+    Delete {
+        /// Message id (or a unique prefix).
+        id: String,
+    },
+    /// React to a message with an emoji.
+    React {
+        /// Message id (or a unique prefix).
+        id: String,
+        /// The emoji, e.g. 👍 or :tada:.
+        emoji: String,
+        /// Take your reaction back.
+        #[arg(long)]
+        remove: bool,
+    },
+    /// Search messages in the current workspace, newest first.
+    Search {
+        /// Words to find (the last one also matches as a prefix).
+        query: String,
+        /// Only this channel.
+        #[arg(long)]
+        channel: Option<String>,
+        /// How many results.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum WorkspaceCmd {
+    /// Create a workspace you own; it becomes the current one.
+    Create {
+        /// Its name.
+        name: String,
+    },
+    /// List your workspaces.
+    List,
+    /// Make a workspace current.
+    Use {
+        /// Name or id.
+        workspace: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ChannelCmd {
+    /// Create a channel in the current workspace.
+    Create {
+        /// Name, with or without `#`.
+        name: String,
+        /// What the channel is about.
+        #[arg(long, default_value = "")]
+        topic: String,
+        /// Only invited members will see it.
+        #[arg(long)]
+        private: bool,
+    },
+    /// List channels with unread counts.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+enum MemberCmd {
+    /// List members and their roles.
+    List,
+}
+
+fn default_home() -> Result<PathBuf> {
+    Ok(dirs::data_dir()
+        .context("no data directory for this user; pass --home DIR or set FLYT_HOME")?
+        .join("flyt"))
+}
+
+fn open(home: &std::path::Path) -> Result<Store> {
+    create_private_dir(home)?;
+    Store::open(&home.join("flyt.db")).with_context(|| format!("opening {}", home.display()))
+}
+
+/// The home holds secret keys: owner-only permissions.
+fn create_private_dir(dir: &std::path::Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
+    }
+    #[cfg(not(unix))]
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(())
+}
+
+fn run(cli: Cli, out: &mut output::Out) -> Result<()> {
+    let home = match cli.home {
+        Some(h) => h,
+        None => default_home()?,
+    };
+    let mut store = open(&home)?;
+    match cli.command {
+        Command::Init { name } => {
+            let me = store.init(&name)?;
+            out.identity(me, &home)?;
+        }
+        Command::Whoami => {
+            let me = store.identity()?;
+            out.identity(me, &home)?;
+        }
+        Command::Workspace(WorkspaceCmd::Create { name }) => {
+            store.identity()?;
+            let id = store.create_workspace(&name)?;
+            out.created("workspace", &name, &id.to_string())?;
+        }
+        Command::Workspace(WorkspaceCmd::List) => {
+            let rows = store.workspaces()?;
+            out.workspaces(&rows)?;
+        }
+        Command::Workspace(WorkspaceCmd::Use { workspace }) => {
+            store.identity()?;
+            let id = store.find_workspace(&workspace)?;
+            store.use_workspace(id)?;
+            let row = store
+                .workspaces()?
+                .into_iter()
+                .find(|w| w.id == id.to_string())
+                .context("workspace vanished")?;
+            out.workspaces(std::slice::from_ref(&row))?;
+        }
+        Command::Channel(ChannelCmd::Create {
+            name,
+            topic,
+            private,
+        }) => {
+            store.identity()?;
+            let id = store.create_channel(&name, &topic, private)?;
+            let name = name.trim_start_matches('#').to_owned();
+            out.created("channel", &format!("#{name}"), &id.to_string())?;
+        }
+        Command::Channel(ChannelCmd::List) => {
+            store.identity()?;
+            let rows = store.channels()?;
+            out.channels(&rows)?;
+        }
+        Command::Member(MemberCmd::List) => {
+            store.identity()?;
+            let rows = store.members()?;
+            out.members(&rows)?;
+        }
+        Command::Send {
+            channel,
+            text,
+            reply_to,
+            thread,
+        } => {
+            store.identity()?;
+            let ch = store.find_channel(&channel)?;
+            let reply_to = reply_to.map(|r| store.resolve_message(&r)).transpose()?;
+            let thread = thread.map(|t| store.resolve_message(&t)).transpose()?;
+            let msg = store.post(ch, &text, reply_to, thread)?;
+            out.sent(&msg)?;
+        }
+        Command::Read {
+            channel,
+            limit,
+            before,
+            thread,
+        } => {
+            store.identity()?;
+            let ch = store.find_channel(&channel)?;
+            let rows = store.read(ch, limit, before.as_deref(), thread.as_deref())?;
+            if before.is_none() && thread.is_none() {
+                store.mark_read(ch)?;
+            }
+            out.messages(&rows, thread.is_some())?;
+        }
+        Command::Edit { id, text } => {
+            store.identity()?;
+            let msg = store.edit(&id, &text)?;
+            out.message(&msg)?;
+        }
+        Command::Delete { id } => {
+            store.identity()?;
+            let msg = store.delete(&id)?;
+            out.message(&msg)?;
+        }
+        Command::React { id, emoji, remove } => {
+            store.identity()?;
+            let emoji = output::shortcode(&emoji);
+            let msg = store.react(&id, &emoji, !remove)?;
+            out.message(&msg)?;
+        }
+        Command::Search {
+            query,
+            channel,
+            limit,
+        } => {
+            store.identity()?;
+            let ch = channel.map(|c| store.find_channel(&c)).transpose()?;
+            let rows = store.search(&query, ch, limit)?;
+            out.search(&rows, &query)?;
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let mut out = output::Out::new(cli.json);
+    match run(cli, &mut out) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // A closed pipe (`flyt read general | head`) is not an error.
+            if e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) {
+                return ExitCode::SUCCESS;
+            }
+            let _ = writeln!(std::io::stderr(), "error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,250 @@
+//! What `flyt` prints: aligned text for people, JSON for scripts.
+
+use std::io::{IsTerminal, Write};
+use std::path::Path;
+
+use anyhow::Result;
+use crdt_model::Identity;
+use peer::{ChannelRow, MemberRow, MessageRow, WorkspaceRow};
+use serde::Serialize;
+use serde_json::json;
+
+pub struct Out {
+    json: bool,
+    color: bool,
+    out: std::io::StdoutLock<'static>,
+}
+
+const SHORTCODES: &[(&str, &str)] = &[
+    (":thumbsup:", "👍"),
+    (":+1:", "👍"),
+    (":thumbsdown:", "👎"),
+    (":-1:", "👎"),
+    (":heart:", "❤️"),
+    (":tada:", "🎉"),
+    (":joy:", "😂"),
+    (":smile:", "😄"),
+    (":eyes:", "👀"),
+    (":fire:", "🔥"),
+    (":rocket:", "🚀"),
+    (":white_check_mark:", "✅"),
+    (":pray:", "🙏"),
+    (":100:", "💯"),
+];
+
+/// Turns a few common `:shortcode:`s into the emoji; anything else is kept as typed.
+pub fn shortcode(s: &str) -> String {
+    SHORTCODES
+        .iter()
+        .find(|(k, _)| *k == s)
+        .map_or_else(|| s.to_owned(), |(_, v)| (*v).to_owned())
+}
+
+fn local(ts_ms: i64) -> Option<jiff::Zoned> {
+    let t = jiff::Timestamp::from_millisecond(ts_ms).ok()?;
+    Some(t.to_zoned(jiff::tz::TimeZone::system()))
+}
+
+impl Out {
+    pub fn new(json: bool) -> Self {
+        let stdout = std::io::stdout();
+        Out {
+            json,
+            color: !json && stdout.is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+            out: stdout.lock(),
+        }
+    }
+
+    fn json(&mut self, v: &impl Serialize) -> Result<()> {
+        serde_json::to_writer_pretty(&mut self.out, v)?;
+        writeln!(self.out)?;
+        Ok(())
+    }
+
+    fn paint(&self, code: &str, s: &str) -> String {
+        if self.color {
+            format!("\x1b[{code}m{s}\x1b[0m")
+        } else {
+            s.to_owned()
+        }
+    }
+
+    pub fn identity(&mut self, me: &Identity, home: &Path) -> Result<()> {
+        if self.json {
+            return self.json(&json!({
+                "name": me.name,
+                "key": me.person_id().to_string(),
+                "device": me.device_id().to_string(),
+                "home": home,
+            }));
+        }
+        writeln!(self.out, "name    {}", me.name)?;
+        writeln!(self.out, "key     {}", me.person_id())?;
+        writeln!(self.out, "device  {}", me.device_id())?;
+        writeln!(self.out, "home    {}", home.display())?;
+        Ok(())
+    }
+
+    pub fn created(&mut self, kind: &str, name: &str, id: &str) -> Result<()> {
+        if self.json {
+            return self.json(&json!({ "kind": kind, "name": name, "id": id }));
+        }
+        writeln!(self.out, "{id}")?;
+        Ok(())
+    }
+
+    pub fn workspaces(&mut self, rows: &[WorkspaceRow]) -> Result<()> {
+        if self.json {
+            return self.json(&rows);
+        }
+        if rows.is_empty() {
+            writeln!(self.out, "No workspaces yet: `flyt workspace create NAME`.")?;
+        }
+        let w = rows.iter().map(|r| r.name.chars().count()).max().unwrap_or(0);
+        for r in rows {
+            let mark = if r.current { "*" } else { " " };
+            writeln!(
+                self.out,
+                "{mark} {:<w$}  {:<7}  {:>3} member{}  {}",
+                r.name,
+                r.role,
+                r.members,
+                if r.members == 1 { " " } else { "s" },
+                self.paint("2", &r.id)
+            )?;
+        }
+        Ok(())
+    }
+
+    pub fn channels(&mut self, rows: &[ChannelRow]) -> Result<()> {
+        if self.json {
+            return self.json(&rows);
+        }
+        if rows.is_empty() {
+            writeln!(self.out, "No channels yet: `flyt channel create NAME`.")?;
+        }
+        let w = rows.iter().map(|r| r.name.chars().count() + 1).max().unwrap_or(0);
+        for r in rows {
+            let name = format!("{}{}", if r.private { "🔒" } else { "#" }, r.name);
+            let unread = match (r.unread, r.mentions) {
+                (0, _) => String::new(),
+                (n, 0) => format!("{n} unread"),
+                (n, m) => format!("{n} unread, {m} @you"),
+            };
+            let name = format!("{name:<w$}");
+            let name = if r.unread > 0 { self.paint("1", &name) } else { name };
+            writeln!(self.out, "{name}  {:<18}  {}", unread, r.topic)?;
+        }
+        Ok(())
+    }
+
+    pub fn members(&mut self, rows: &[MemberRow]) -> Result<()> {
+        if self.json {
+            return self.json(&rows);
+        }
+        let w = rows.iter().map(|r| r.name.chars().count()).max().unwrap_or(0);
+        for r in rows {
+            writeln!(self.out, "{:<w$}  {:<6}  {}", r.name, r.role, self.paint("2", &r.key))?;
+        }
+        Ok(())
+    }
+
+    pub fn sent(&mut self, m: &MessageRow) -> Result<()> {
+        if self.json {
+            return self.json(m);
+        }
+        writeln!(self.out, "{}", m.id)?;
+        Ok(())
+    }
+
+    pub fn message(&mut self, m: &MessageRow) -> Result<()> {
+        if self.json {
+            return self.json(m);
+        }
+        self.render(m, true)
+    }
+
+    pub fn messages(&mut self, rows: &[MessageRow], thread: bool) -> Result<()> {
+        if self.json {
+            return self.json(&rows);
+        }
+        if rows.is_empty() {
+            writeln!(self.out, "No messages yet.")?;
+        }
+        let mut day = None;
+        for (i, m) in rows.iter().enumerate() {
+            let z = local(m.ts);
+            let d = z.as_ref().map(|z| z.date());
+            if d != day {
+                day = d;
+                if let Some(z) = &z {
+                    let label = format!("── {} ──", z.strftime("%a %-d %b %Y"));
+                    writeln!(self.out, "{}", self.paint("2", &label))?;
+                }
+            }
+            self.render(m, false)?;
+            if thread && i == 0 && rows.len() > 1 {
+                writeln!(self.out, "{}", self.paint("2", "  ── replies ──"))?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn search(&mut self, rows: &[MessageRow], query: &str) -> Result<()> {
+        if self.json {
+            return self.json(&rows);
+        }
+        if rows.is_empty() {
+            writeln!(self.out, "Nothing found for {query:?}.")?;
+        }
+        for m in rows {
+            self.render(m, true)?;
+        }
+        Ok(())
+    }
+
+    fn render(&mut self, m: &MessageRow, with_channel: bool) -> Result<()> {
+        let when = local(m.ts).map_or_else(String::new, |z| {
+            if with_channel {
+                z.strftime("%Y-%m-%d %H:%M").to_string()
+            } else {
+                z.strftime("%H:%M").to_string()
+            }
+        });
+        let mut head = format!("{}  {}", self.paint("2", &when), self.paint("1", &m.author.name));
+        if with_channel {
+            head.push_str(&format!("  in #{}", m.channel));
+        }
+        if !m.verified {
+            head.push_str(&self.paint("31", "  ⚠ unverified: the signature does not check out"));
+        }
+        head.push_str(&format!("  {}", self.paint("2", &m.id)));
+        writeln!(self.out, "{head}")?;
+        let indent = "       ";
+        if m.deleted {
+            writeln!(self.out, "{indent}{}", self.paint("2;3", "This message was deleted."))?;
+        } else {
+            if let Some(r) = &m.reply_to {
+                writeln!(self.out, "{indent}{}", self.paint("2", &format!("↪ reply to {r}")))?;
+            }
+            for line in m.text.lines() {
+                writeln!(self.out, "{indent}{line}")?;
+            }
+        }
+        let mut meta: Vec<String> = Vec::new();
+        if m.edited && !m.deleted {
+            meta.push("(edited)".into());
+        }
+        for (emoji, who) in &m.reactions {
+            meta.push(format!("{emoji} {}", who.join(", ")));
+        }
+        if m.reply_count > 0 {
+            let s = if m.reply_count == 1 { "reply" } else { "replies" };
+            meta.push(format!("💬 {} {s}", m.reply_count));
+        }
+        if !meta.is_empty() {
+            writeln!(self.out, "{indent}{}", self.paint("2", &meta.join("  ·  ")))?;
+        }
+        Ok(())
+    }
+}

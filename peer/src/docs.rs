@@ -1,0 +1,162 @@
+//! Document storage: Automerge documents as append-only chunks in SQLite, with an in-memory
+//! cache kept fresh against other processes writing the same database.
+//!
+//! Every write happens inside an IMMEDIATE transaction (SQLite's write lock). Before touching a
+//! document the writer loads any chunks other processes appended since it last looked, so a
+//! change is always made on top of everything already durable, and its incremental save is a
+//! new chunk in the same transaction as the projection rows it produces.
+
+use std::collections::HashMap;
+
+use automerge::{Automerge, ChangeHash, Patch};
+use crdt_model::{DocId, device_actor};
+use rusqlite::{OptionalExtension, Transaction, params};
+
+use crate::StoreError;
+
+/// After this many incremental chunks a document is compacted into one snapshot.
+const COMPACT_AFTER: usize = 64;
+
+/// What kind of document, and where it belongs (the `docs` row).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DocMeta {
+    /// "workspace", "channel" or "bucket".
+    pub kind: &'static str,
+    /// Owning workspace.
+    pub workspace: DocId,
+    /// Owning channel (channel and bucket documents).
+    pub channel: Option<DocId>,
+    /// Bucket key (bucket documents).
+    pub bucket_key: Option<String>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Cached {
+    pub doc: Automerge,
+    pub last_seq: i64,
+    pub chunks: usize,
+}
+
+/// The per-process cache of loaded documents.
+#[derive(Debug, Default)]
+pub(crate) struct DocCache {
+    pub docs: HashMap<DocId, Cached>,
+}
+
+impl DocCache {
+    /// Returns the document, loading it or the chunks appended since it was cached.
+    /// `None` if the database does not hold it.
+    pub fn get(
+        &mut self,
+        tx: &rusqlite::Connection,
+        id: DocId,
+        actor: &crdt_model::DeviceId,
+    ) -> Result<Option<&mut Automerge>, StoreError> {
+        let since = self.docs.get(&id).map_or(0, |c| c.last_seq);
+        let mut stmt = tx.prepare_cached(
+            "SELECT seq, snapshot, data FROM doc_chunks WHERE doc = ?1 AND seq > ?2 ORDER BY seq",
+        )?;
+        let rows = stmt
+            .query_map(params![id.to_string(), since], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, Vec<u8>>(2)?))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        if rows.is_empty() && !self.docs.contains_key(&id) {
+            return Ok(None);
+        }
+        let entry = self.docs.entry(id).or_insert_with(|| Cached {
+            doc: Automerge::new().with_actor(device_actor(actor)),
+            last_seq: 0,
+            chunks: 0,
+        });
+        for (seq, snapshot, data) in rows {
+            entry
+                .doc
+                .load_incremental(&data)
+                .map_err(|e| StoreError::Corrupt(format!("document {id}: {e}")))?;
+            entry.last_seq = seq;
+            entry.chunks = if snapshot == 1 { 0 } else { entry.chunks + 1 };
+        }
+        Ok(Some(&mut entry.doc))
+    }
+
+    /// Forgets a document (after a failed write left the cached copy ahead of the database).
+    pub fn evict(&mut self, id: &DocId) {
+        self.docs.remove(id);
+    }
+}
+
+/// Whether the database holds document `id`.
+pub(crate) fn exists(tx: &Transaction<'_>, id: DocId) -> Result<bool, StoreError> {
+    Ok(tx
+        .query_row(
+            "SELECT 1 FROM docs WHERE id = ?1",
+            [id.to_string()],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some())
+}
+
+/// Stores a new document (its whole state as the first chunk) and caches it.
+pub(crate) fn insert(
+    tx: &Transaction<'_>,
+    cache: &mut DocCache,
+    id: DocId,
+    meta: &DocMeta,
+    doc: Automerge,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO docs (id, kind, workspace, channel, bucket_key) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![
+            id.to_string(),
+            meta.kind,
+            meta.workspace.to_string(),
+            meta.channel.map(|c| c.to_string()),
+            meta.bucket_key
+        ],
+    )?;
+    let seq = append(tx, id, true, &doc.save())?;
+    cache.docs.insert(
+        id,
+        Cached {
+            doc,
+            last_seq: seq,
+            chunks: 0,
+        },
+    );
+    Ok(())
+}
+
+fn append(tx: &Transaction<'_>, id: DocId, snapshot: bool, data: &[u8]) -> Result<i64, StoreError> {
+    tx.prepare_cached("INSERT INTO doc_chunks (doc, snapshot, data) VALUES (?1, ?2, ?3)")?
+        .execute(params![id.to_string(), snapshot as i64, data])?;
+    Ok(tx.last_insert_rowid())
+}
+
+/// Records what `doc` gained since `before` as a new chunk, compacting when due, and returns
+/// the patches describing the change (empty if nothing changed).
+pub(crate) fn persist(
+    tx: &Transaction<'_>,
+    cache: &mut DocCache,
+    id: DocId,
+    before: &[ChangeHash],
+) -> Result<Vec<Patch>, StoreError> {
+    let c = cache.docs.get_mut(&id).expect("persist follows get");
+    let after = c.doc.get_heads();
+    if after == before {
+        return Ok(Vec::new());
+    }
+    let patches = c.doc.diff(before, &after);
+    if c.chunks + 1 >= COMPACT_AFTER {
+        let seq = append(tx, id, true, &c.doc.save())?;
+        tx.prepare_cached("DELETE FROM doc_chunks WHERE doc = ?1 AND seq < ?2")?
+            .execute(params![id.to_string(), seq])?;
+        c.last_seq = seq;
+        c.chunks = 0;
+    } else {
+        c.last_seq = append(tx, id, false, &c.doc.save_after(before))?;
+        c.chunks += 1;
+    }
+    Ok(patches)
+}

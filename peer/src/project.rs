@@ -1,0 +1,155 @@
+//! The projection: SQLite rows derived from the documents, written in the same transaction as
+//! the document change that caused them.
+
+use std::collections::BTreeSet;
+
+use crdt_model::bucket;
+use crdt_model::{DocId, MessageId};
+use rusqlite::params;
+
+use crate::{StoreError, Writer};
+
+impl Writer<'_> {
+    /// Re-projects a workspace document: its row, members, devices and channels. When the set of
+    /// certified devices changed, messages that failed verification are checked again (a
+    /// certificate may have arrived after the messages it vouches for).
+    pub(crate) fn project_workspace(&mut self, ws: DocId) -> Result<(), StoreError> {
+        let v = self.view(ws)?;
+        let tx = self.tx;
+        let w = ws.to_string();
+        tx.execute(
+            "INSERT INTO workspaces (id, name, owner, created_ms) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (id) DO UPDATE SET name = excluded.name, owner = excluded.owner,
+                 created_ms = excluded.created_ms",
+            params![w, v.name, v.owner.map(|o| o.to_string()), v.created_ms],
+        )?;
+        tx.execute("DELETE FROM members WHERE workspace = ?1", [&w])?;
+        for (person, role) in &v.roles {
+            tx.execute(
+                "INSERT INTO members (workspace, person, name, role) VALUES (?1, ?2, ?3, ?4)",
+                params![w, person.to_string(), v.name_of(person), role.as_str()],
+            )?;
+        }
+        let old_devices: BTreeSet<(String, String)> = tx
+            .prepare_cached("SELECT device, person FROM devices WHERE workspace = ?1")?
+            .query_map([&w], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        let new_devices: BTreeSet<(String, String)> = v
+            .devices
+            .iter()
+            .map(|(d, p)| (d.to_string(), p.to_string()))
+            .collect();
+        if old_devices != new_devices {
+            tx.execute("DELETE FROM devices WHERE workspace = ?1", [&w])?;
+            for (d, p) in &new_devices {
+                tx.execute(
+                    "INSERT INTO devices (workspace, device, person) VALUES (?1, ?2, ?3)",
+                    params![w, d, p],
+                )?;
+            }
+        }
+        let listed: BTreeSet<String> = v.channels.keys().map(|c| c.to_string()).collect();
+        let existing: Vec<String> = tx
+            .prepare_cached("SELECT id FROM channels WHERE workspace = ?1")?
+            .query_map([&w], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        for gone in existing.iter().filter(|c| !listed.contains(*c)) {
+            tx.execute("DELETE FROM channels WHERE id = ?1", [gone])?;
+        }
+        for (id, l) in &v.channels {
+            tx.execute(
+                "INSERT INTO channels (id, workspace, name, topic, private, created_by, updated_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (id) DO UPDATE SET name = excluded.name, topic = excluded.topic,
+                     private = excluded.private, updated_ms = excluded.updated_ms",
+                params![
+                    id.to_string(),
+                    w,
+                    l.info.name,
+                    l.info.topic,
+                    l.info.private,
+                    l.by.to_string(),
+                    l.info.at_ms
+                ],
+            )?;
+        }
+        if old_devices != new_devices {
+            let suspect: Vec<(String, String)> = tx
+                .prepare(
+                    "SELECT DISTINCT bucket, channel FROM messages WHERE workspace = ?1 AND verified = 0",
+                )?
+                .query_map([&w], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?;
+            for (b, c) in suspect {
+                self.project_bucket(ws, c.parse()?, b.parse()?, None)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Re-projects the given messages of a bucket (all of them with `None`).
+    pub(crate) fn project_bucket(
+        &mut self,
+        ws: DocId,
+        channel: DocId,
+        bucket_id: DocId,
+        only: Option<BTreeSet<MessageId>>,
+    ) -> Result<(), StoreError> {
+        let view = self.view(ws)?;
+        let me = self.me.device_id();
+        let tx = self.tx;
+        let doc = self
+            .cache
+            .get(tx, bucket_id, &me)?
+            .ok_or_else(|| StoreError::Corrupt(format!("bucket {bucket_id} is missing")))?;
+        let ids = match only {
+            Some(ids) => ids.into_iter().collect(),
+            None => bucket::message_ids(doc),
+        };
+        let (w, c, b) = (ws.to_string(), channel.to_string(), bucket_id.to_string());
+        let mut upsert = tx.prepare_cached(
+            "INSERT INTO messages (id, channel, workspace, bucket, author, ts, text, mentions,
+                 reply_to, thread_root, edited_ms, deleted, verified)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+             ON CONFLICT (id) DO UPDATE SET text = excluded.text, mentions = excluded.mentions,
+                 edited_ms = excluded.edited_ms, deleted = excluded.deleted,
+                 verified = excluded.verified",
+        )?;
+        let mut clear_reactions = tx.prepare_cached("DELETE FROM reactions WHERE message = ?1")?;
+        let mut add_reaction = tx.prepare_cached(
+            "INSERT INTO reactions (message, emoji, person) VALUES (?1, ?2, ?3)",
+        )?;
+        let mut remove = tx.prepare_cached("DELETE FROM messages WHERE id = ?1")?;
+        for id in ids {
+            let key = id.to_string();
+            clear_reactions.execute([&key])?;
+            let Some(m) = bucket::message(doc, channel, id, &view) else {
+                // Nothing readable is there (garbage under a message key): show nothing.
+                remove.execute([&key])?;
+                continue;
+            };
+            let mentions: Vec<String> = m.mentions.iter().map(|p| p.to_string()).collect();
+            upsert.execute(params![
+                key,
+                c,
+                w,
+                b,
+                m.author.to_string(),
+                m.ts_ms,
+                m.text,
+                serde_json::to_string(&mentions).expect("strings serialize"),
+                m.reply_to.map(|r| r.to_string()),
+                m.thread_root.map(|r| r.to_string()),
+                m.edited_ms,
+                m.deleted,
+                m.verified,
+            ])?;
+            for (emoji, people) in &m.reactions {
+                for p in people {
+                    add_reaction.execute(params![key, emoji, p.to_string()])?;
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,146 @@
+//! The SQLite schema and its migrations.
+//!
+//! Two halves: the **documents** (`docs`, `doc_chunks`: Automerge bytes, the source of truth)
+//! and the **projection** (everything else: what screens and searches read). The projection
+//! can always be rebuilt from the documents (`Store::rebuild_projection`).
+
+use rusqlite::Connection;
+
+use crate::StoreError;
+
+/// The schema version this build writes. A database with a newer one is refused.
+pub const SCHEMA_VERSION: i64 = 1;
+
+const V1: &str = r#"
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) STRICT;
+
+-- Every Automerge document this node holds.
+CREATE TABLE docs (
+    id         TEXT PRIMARY KEY,
+    kind       TEXT NOT NULL CHECK (kind IN ('workspace', 'channel', 'bucket')),
+    workspace  TEXT NOT NULL,
+    channel    TEXT,
+    bucket_key TEXT
+) STRICT;
+CREATE INDEX docs_channel ON docs (channel, bucket_key);
+
+-- A document is the concatenation of its chunks in seq order: a full save (snapshot = 1)
+-- followed by incremental saves. Compaction writes a new snapshot and drops older chunks.
+CREATE TABLE doc_chunks (
+    seq      INTEGER PRIMARY KEY AUTOINCREMENT,
+    doc      TEXT NOT NULL,
+    snapshot INTEGER NOT NULL,
+    data     BLOB NOT NULL
+) STRICT;
+CREATE INDEX doc_chunks_doc ON doc_chunks (doc, seq);
+
+-- Projection.
+CREATE TABLE workspaces (
+    id         TEXT PRIMARY KEY,
+    name       TEXT NOT NULL,
+    owner      TEXT,
+    created_ms INTEGER NOT NULL
+) STRICT;
+
+CREATE TABLE members (
+    workspace TEXT NOT NULL,
+    person    TEXT NOT NULL,
+    name      TEXT NOT NULL,
+    role      TEXT NOT NULL,
+    PRIMARY KEY (workspace, person)
+) STRICT;
+
+CREATE TABLE devices (
+    workspace TEXT NOT NULL,
+    device    TEXT NOT NULL,
+    person    TEXT NOT NULL,
+    PRIMARY KEY (workspace, device)
+) STRICT;
+
+CREATE TABLE channels (
+    id         TEXT PRIMARY KEY,
+    workspace  TEXT NOT NULL,
+    name       TEXT NOT NULL,
+    topic      TEXT NOT NULL,
+    private    INTEGER NOT NULL,
+    created_by TEXT NOT NULL,
+    updated_ms INTEGER NOT NULL
+) STRICT;
+CREATE INDEX channels_ws ON channels (workspace, name);
+
+CREATE TABLE messages (
+    rowid       INTEGER PRIMARY KEY,
+    id          TEXT NOT NULL UNIQUE,
+    channel     TEXT NOT NULL,
+    workspace   TEXT NOT NULL,
+    bucket      TEXT NOT NULL,
+    author      TEXT NOT NULL,
+    ts          INTEGER NOT NULL,
+    text        TEXT NOT NULL,
+    mentions    TEXT NOT NULL,
+    reply_to    TEXT,
+    thread_root TEXT,
+    edited_ms   INTEGER,
+    deleted     INTEGER NOT NULL,
+    verified    INTEGER NOT NULL
+) STRICT;
+CREATE INDEX messages_timeline ON messages (channel, thread_root, ts, id);
+CREATE INDEX messages_thread ON messages (thread_root, ts, id) WHERE thread_root IS NOT NULL;
+CREATE INDEX messages_bucket ON messages (bucket);
+
+CREATE TABLE reactions (
+    message TEXT NOT NULL,
+    emoji   TEXT NOT NULL,
+    person  TEXT NOT NULL,
+    PRIMARY KEY (message, emoji, person)
+) STRICT, WITHOUT ROWID;
+
+-- Local read position per channel (this device's; not synced yet).
+CREATE TABLE read_state (
+    channel      TEXT PRIMARY KEY,
+    last_read_ts INTEGER NOT NULL,
+    last_read_id TEXT NOT NULL
+) STRICT;
+
+CREATE VIRTUAL TABLE messages_fts USING fts5 (
+    text,
+    content = 'messages',
+    content_rowid = 'rowid',
+    tokenize = 'unicode61 remove_diacritics 2'
+);
+CREATE TRIGGER messages_ai AFTER INSERT ON messages BEGIN
+    INSERT INTO messages_fts (rowid, text) VALUES (new.rowid, new.text);
+END;
+CREATE TRIGGER messages_ad AFTER DELETE ON messages BEGIN
+    INSERT INTO messages_fts (messages_fts, rowid, text) VALUES ('delete', old.rowid, old.text);
+END;
+CREATE TRIGGER messages_au AFTER UPDATE OF text ON messages BEGIN
+    INSERT INTO messages_fts (messages_fts, rowid, text) VALUES ('delete', old.rowid, old.text);
+    INSERT INTO messages_fts (rowid, text) VALUES (new.rowid, new.text);
+END;
+"#;
+
+/// Brings the database to [`SCHEMA_VERSION`], refusing one written by a newer build.
+pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::NewerSchema {
+            found: version,
+            known: SCHEMA_VERSION,
+        });
+    }
+    if version < 1 {
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        // Another process may have migrated while we waited for the write lock.
+        let now: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if now < 1 {
+            tx.execute_batch(V1)?;
+            tx.pragma_update(None, "user_version", 1)?;
+        }
+        tx.commit()?;
+    }
+    Ok(())
+}
