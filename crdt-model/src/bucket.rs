@@ -67,7 +67,7 @@ pub struct NewPost {
 }
 
 /// Writes a new message.
-pub fn post(doc: &mut Automerge, me: &Identity, p: NewPost) -> Result<(), ModelError> {
+pub fn post(doc: &mut Automerge, me: &Identity, p: NewPost) -> Result<MessageId, ModelError> {
     validate_text(&p.text)?;
     let header = Signed::sign(
         &me.device,
@@ -95,7 +95,7 @@ pub fn post(doc: &mut Automerge, me: &Identity, p: NewPost) -> Result<(), ModelE
         tx.put(&m, "h", header.to_bytes())?;
         tx.put(&m, "b", body.to_bytes())?;
         tx.put_object(&m, "r", ObjType::Map)?;
-        Ok(())
+        Ok(p.id)
     })
 }
 
@@ -131,7 +131,7 @@ pub fn edit(
     text: String,
     mentions: Vec<PersonId>,
     at_ms: i64,
-) -> Result<(), ModelError> {
+) -> Result<MessageId, ModelError> {
     validate_text(&text)?;
     let obj = message_obj(doc, id)?;
     let header = header_of(doc, &obj).ok_or(ModelError::NoSuchMessage(id))?;
@@ -155,6 +155,7 @@ pub fn edit(
         tx.put(&obj, "b", body.to_bytes())?;
         Ok(())
     })
+    .map(|()| id)
 }
 
 /// Deletes a message for everyone: the author may, and so may admins and the owner. The text
@@ -165,7 +166,7 @@ pub fn delete(
     ws: &WorkspaceView,
     id: MessageId,
     at_ms: i64,
-) -> Result<(), ModelError> {
+) -> Result<MessageId, ModelError> {
     let obj = message_obj(doc, id)?;
     let header = header_of(doc, &obj).ok_or(ModelError::NoSuchMessage(id))?;
     let mine = header.payload.author == me.person_id();
@@ -190,38 +191,42 @@ pub fn delete(
         tx.delete(&obj, "b")?;
         Ok(())
     })
+    .map(|()| id)
 }
 
 /// Removes the text of deleted messages that a concurrent edit put back (an edit made while the
 /// deletion was in flight survives it in Automerge's current state). Any node that notices
-/// writes the removal; concurrent removals converge. Returns how many it cleaned.
+/// writes the removal; concurrent removals converge. Returns the messages it cleaned.
 pub fn purge_deleted_text(
     doc: &mut Automerge,
     channel: DocId,
     ids: &BTreeSet<MessageId>,
     ws: &WorkspaceView,
     at_ms: i64,
-) -> Result<usize, ModelError> {
+) -> Result<Vec<MessageId>, ModelError> {
     let mut dirty = Vec::new();
     for id in ids {
         let Some(obj) = get_map(doc, &ROOT, &id.to_string()) else {
             continue;
         };
+        // Cheap key checks first; signatures only when both a body and a deletion are there.
         if doc.get(&obj, "b")?.is_some()
+            && doc.get(&obj, "d")?.is_some()
             && message(doc, channel, *id, ws).is_some_and(|m| m.deleted)
         {
-            dirty.push(obj);
+            dirty.push((*id, obj));
         }
     }
     if dirty.is_empty() {
-        return Ok(0);
+        return Ok(Vec::new());
     }
     commit(doc, at_ms, |tx| {
-        for obj in &dirty {
+        for (_, obj) in &dirty {
             tx.delete(obj, "b")?;
         }
-        Ok(dirty.len())
-    })
+        Ok(())
+    })?;
+    Ok(dirty.into_iter().map(|(id, _)| id).collect())
 }
 
 /// Checks a reaction emoji: non-empty, short, no spaces or control characters.
@@ -247,7 +252,7 @@ pub fn react(
     emoji: &str,
     on: bool,
     at_ms: i64,
-) -> Result<(), ModelError> {
+) -> Result<MessageId, ModelError> {
     validate_emoji(emoji)?;
     let obj = message_obj(doc, id)?;
     if doc.get(&obj, "d")?.is_some() {
@@ -268,6 +273,7 @@ pub fn react(
         tx.put(&r, reaction_key(emoji, &me.person_id()), rec.to_bytes())?;
         Ok(())
     })
+    .map(|()| id)
 }
 
 /// A message as the projection and every screen see it, after verification.
@@ -413,8 +419,8 @@ pub fn messages(doc: &Automerge, channel: DocId, ws: &WorkspaceView) -> Vec<Mess
     v
 }
 
-/// The messages a set of patches (from `Automerge::diff`) touched: the projection re-reads only
-/// these.
+/// The messages a set of patches touched (from a remote change applied with a patch log, or
+/// `Automerge::diff`): the projection re-reads only these.
 pub fn touched(patches: &[Patch]) -> BTreeSet<MessageId> {
     let mut out = BTreeSet::new();
     for p in patches {
@@ -606,15 +612,17 @@ mod tests {
             a.get(&obj, "b").unwrap().is_some(),
             "the edit survived in the current state"
         );
-        assert_eq!(
-            purge_deleted_text(&mut a, CH, &BTreeSet::from([id]), &ws, 4).unwrap(),
-            1
+        assert!(
+            !purge_deleted_text(&mut a, CH, &BTreeSet::from([id]), &ws, 4)
+                .unwrap()
+                .is_empty()
         );
         assert!(a.get(&obj, "b").unwrap().is_none());
         assert!(message(&a, CH, id, &ws).unwrap().deleted);
-        assert_eq!(
-            purge_deleted_text(&mut a, CH, &BTreeSet::from([id]), &ws, 5).unwrap(),
-            0
+        assert!(
+            purge_deleted_text(&mut a, CH, &BTreeSet::from([id]), &ws, 5)
+                .unwrap()
+                .is_empty()
         );
     }
 

@@ -137,7 +137,12 @@ pub fn device_actor(device: &DeviceId) -> ActorId {
 }
 
 /// Runs `f` in one Automerge transaction committed with an explicit time (Automerge's Rust
-/// default is 0). Times are seconds in Automerge's change metadata.
+/// default is 0; times are seconds in Automerge's change metadata).
+///
+/// Local operations report what they touched themselves (a message id) instead of logging
+/// patches: on a 1,000-message bucket a patch log costs ~220 µs per post and
+/// `Automerge::diff` ~1.8 ms, against ~125 µs for the change itself. Remote changes are mapped
+/// to messages from their patches ([`bucket::touched`]).
 pub(crate) fn commit<O>(
     doc: &mut Automerge,
     at_ms: i64,

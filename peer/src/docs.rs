@@ -8,7 +8,9 @@
 
 use std::collections::HashMap;
 
-use automerge::{Automerge, ChangeHash, Patch};
+use automerge::{
+    Automerge, AutomergeError, ChangeHash, LoadOptions, OnPartialLoad, ReadDoc, VerificationMode,
+};
 use crdt_model::{DocId, device_actor};
 use rusqlite::{OptionalExtension, Transaction, params};
 
@@ -58,7 +60,11 @@ impl DocCache {
         )?;
         let rows = stmt
             .query_map(params![id.to_string(), since], |r| {
-                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, Vec<u8>>(2)?))
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, Vec<u8>>(2)?,
+                ))
             })?
             .collect::<Result<Vec<_>, _>>()?;
         if rows.is_empty() && !self.docs.contains_key(&id) {
@@ -69,13 +75,36 @@ impl DocCache {
             last_seq: 0,
             chunks: 0,
         });
+        let corrupt = |e: AutomergeError| StoreError::Corrupt(format!("document {id}: {e}"));
+        // `load_incremental` skips what it cannot parse (it only logs a warning): writing on top
+        // of a document that silently lost changes would fork its history, and a rebuilt
+        // projection would lose messages. So every chunk must load completely.
+        let strict = |mode| {
+            LoadOptions::new()
+                .on_partial_load(OnPartialLoad::Error)
+                .verification_mode(mode)
+        };
         for (seq, snapshot, data) in rows {
-            entry
-                .doc
-                .load_incremental(&data)
-                .map_err(|e| StoreError::Corrupt(format!("document {id}: {e}")))?;
+            if entry.doc.is_empty() {
+                entry.doc = Automerge::load_with_options(&data, strict(VerificationMode::Check))
+                    .map_err(corrupt)?
+                    .with_actor(device_actor(actor));
+            } else {
+                // Parse alone first; its changes depend on earlier chunks, hence MissingDeps.
+                match Automerge::load_with_options(&data, strict(VerificationMode::DontCheck)) {
+                    Ok(_) | Err(AutomergeError::MissingDeps) => {}
+                    Err(e) => return Err(corrupt(e)),
+                }
+                entry.doc.load_incremental(&data).map_err(corrupt)?;
+            }
             entry.last_seq = seq;
             entry.chunks = if snapshot == 1 { 0 } else { entry.chunks + 1 };
+        }
+        // Changes waiting for a dependency mean a chunk is missing.
+        let missing = entry.doc.get_missing_deps(&[]);
+        if !missing.is_empty() {
+            let e = format!("document {id}: {} changes are missing", missing.len());
+            return Err(StoreError::Corrupt(e));
         }
         Ok(Some(&mut entry.doc))
     }
@@ -89,11 +118,9 @@ impl DocCache {
 /// Whether the database holds document `id`.
 pub(crate) fn exists(tx: &Transaction<'_>, id: DocId) -> Result<bool, StoreError> {
     Ok(tx
-        .query_row(
-            "SELECT 1 FROM docs WHERE id = ?1",
-            [id.to_string()],
-            |_| Ok(()),
-        )
+        .query_row("SELECT 1 FROM docs WHERE id = ?1", [id.to_string()], |_| {
+            Ok(())
+        })
         .optional()?
         .is_some())
 }
@@ -134,20 +161,17 @@ fn append(tx: &Transaction<'_>, id: DocId, snapshot: bool, data: &[u8]) -> Resul
     Ok(tx.last_insert_rowid())
 }
 
-/// Records what `doc` gained since `before` as a new chunk, compacting when due, and returns
-/// the patches describing the change (empty if nothing changed).
+/// Records what `doc` gained since `before` as a new chunk, compacting when due.
 pub(crate) fn persist(
     tx: &Transaction<'_>,
     cache: &mut DocCache,
     id: DocId,
     before: &[ChangeHash],
-) -> Result<Vec<Patch>, StoreError> {
+) -> Result<(), StoreError> {
     let c = cache.docs.get_mut(&id).expect("persist follows get");
-    let after = c.doc.get_heads();
-    if after == before {
-        return Ok(Vec::new());
+    if c.doc.get_heads() == before {
+        return Ok(());
     }
-    let patches = c.doc.diff(before, &after);
     if c.chunks + 1 >= COMPACT_AFTER {
         let seq = append(tx, id, true, &c.doc.save())?;
         tx.prepare_cached("DELETE FROM doc_chunks WHERE doc = ?1 AND seq < ?2")?
@@ -158,5 +182,5 @@ pub(crate) fn persist(
         c.last_seq = append(tx, id, false, &c.doc.save_after(before))?;
         c.chunks += 1;
     }
-    Ok(patches)
+    Ok(())
 }

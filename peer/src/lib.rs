@@ -12,7 +12,7 @@ mod project;
 mod query;
 pub mod schema;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use std::time::Duration;
 
@@ -40,7 +40,9 @@ pub enum StoreError {
     #[error(transparent)]
     Model(#[from] ModelError),
     /// The database was written by a newer Flyt.
-    #[error("database schema version {found} is newer than this build knows ({known}); upgrade Flyt")]
+    #[error(
+        "database schema version {found} is newer than this build knows ({known}); upgrade Flyt"
+    )]
     NewerSchema {
         /// Version in the file.
         found: i64,
@@ -57,7 +59,9 @@ pub enum StoreError {
     #[error("this home already has an identity ({0})")]
     AlreadyInitialized(String),
     /// No current workspace.
-    #[error("no workspace selected: create one with `flyt workspace create NAME` or pick one with `flyt workspace use NAME`")]
+    #[error(
+        "no workspace selected: create one with `flyt workspace create NAME` or pick one with `flyt workspace use NAME`"
+    )]
     NoWorkspace,
     /// No workspace by that name or id.
     #[error("no workspace named {0:?}")]
@@ -318,7 +322,9 @@ impl Store {
                 reply_to,
                 thread_root,
             };
-            w.change_bucket(ws, channel, bucket_id, |doc| bucket::post(doc, me, post))
+            w.change_bucket(ws, channel, bucket_id, |doc| {
+                bucket::post(doc, me, post).map(|id| vec![id])
+            })
         })?;
         self.message(&id.to_string())
     }
@@ -332,7 +338,7 @@ impl Store {
             let me = w.me;
             let text = text.to_owned();
             w.change_bucket(ws, channel, bucket_id, |doc| {
-                bucket::edit(doc, me, id, text, mentions, now_ms())
+                bucket::edit(doc, me, id, text, mentions, now_ms()).map(|id| vec![id])
             })
         })?;
         self.message(&id.to_string())
@@ -345,7 +351,7 @@ impl Store {
             let me = w.me;
             let view = w.view(ws)?;
             w.change_bucket(ws, channel, bucket_id, |doc| {
-                bucket::delete(doc, me, &view, id, now_ms())
+                bucket::delete(doc, me, &view, id, now_ms()).map(|id| vec![id])
             })
         })?;
         self.message(&id.to_string())
@@ -357,14 +363,14 @@ impl Store {
         self.write(|w| {
             let me = w.me;
             w.change_bucket(ws, channel, bucket_id, |doc| {
-                bucket::react(doc, me, id, emoji, on, now_ms())
+                bucket::react(doc, me, id, emoji, on, now_ms()).map(|id| vec![id])
             })
         })?;
         self.message(&id.to_string())
     }
 
-    /// Posts many messages at once (importers, benchmarks): one Automerge change per bucket and
-    /// one SQLite transaction for all. `ts_ms` of each item decides its bucket.
+    /// Posts many messages at once (importers, benchmarks): one Automerge change per message,
+    /// one stored chunk per bucket, and one SQLite transaction for all. `ts_ms` of each item decides its bucket.
     pub fn post_batch(
         &mut self,
         channel: DocId,
@@ -411,7 +417,10 @@ impl Store {
                 let bucket_id = w.ensure_bucket(ws, channel, key)?;
                 let me = w.me;
                 w.change_bucket(ws, channel, bucket_id, |doc| {
-                    posts.into_iter().try_for_each(|p| bucket::post(doc, me, p))
+                    posts
+                        .into_iter()
+                        .map(|p| bucket::post(doc, me, p))
+                        .collect()
                 })?;
             }
             Ok(())
@@ -428,11 +437,10 @@ impl Store {
                  DELETE FROM channels; DELETE FROM messages; DELETE FROM reactions;
                  INSERT INTO messages_fts (messages_fts) VALUES ('rebuild');",
             )?;
-            let docs: Vec<(String, String, String, Option<String>)> = w
-                .tx
-                .prepare("SELECT id, kind, workspace, channel FROM docs ORDER BY kind DESC")?
-                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
-                .collect::<Result<_, _>>()?;
+            let docs: Vec<(String, String, String, Option<String>)> =
+                w.tx.prepare("SELECT id, kind, workspace, channel FROM docs ORDER BY kind DESC")?
+                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+                    .collect::<Result<_, _>>()?;
             for (id, kind, ws, channel) in docs {
                 let id: DocId = id.parse()?;
                 let ws: DocId = ws.parse()?;
@@ -440,7 +448,9 @@ impl Store {
                     "workspace" => w.project_workspace(id)?,
                     "bucket" => {
                         let channel: DocId = channel
-                            .ok_or_else(|| StoreError::Corrupt(format!("bucket {id} has no channel")))?
+                            .ok_or_else(|| {
+                                StoreError::Corrupt(format!("bucket {id} has no channel"))
+                            })?
                             .parse()?;
                         w.project_bucket(ws, channel, id, None)?;
                     }
@@ -455,10 +465,7 @@ impl Store {
     /// The saved size in bytes of a document (compacted), for benchmarks and diagnostics.
     pub fn doc_size(&mut self, id: DocId) -> Result<Option<usize>, StoreError> {
         let me = self.identity()?.device_id();
-        Ok(self
-            .cache
-            .get(&self.conn, id, &me)?
-            .map(|d| d.save().len()))
+        Ok(self.cache.get(&self.conn, id, &me)?.map(|d| d.save().len()))
     }
 
     /// The bucket documents of a channel, oldest first.
@@ -467,7 +474,9 @@ impl Store {
             "SELECT bucket_key, id FROM docs WHERE channel = ?1 AND kind = 'bucket' ORDER BY bucket_key",
         )?;
         let rows = stmt
-            .query_map([channel.to_string()], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
+            .query_map([channel.to_string()], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+            })?
             .collect::<Result<Vec<_>, _>>()?;
         rows.into_iter()
             .map(|(k, id)| Ok((k, id.parse()?)))
@@ -572,38 +581,37 @@ impl Writer<'_> {
             .ok_or_else(|| StoreError::Corrupt(format!("document {id} is missing")))
     }
 
-    /// Applies `f` to document `id` and records the change. Returns the patches.
+    /// Applies `f` to document `id` and records the change as a new chunk.
     fn change<R>(
         &mut self,
         id: DocId,
         f: impl FnOnce(&mut Automerge) -> Result<R, ModelError>,
-    ) -> Result<(R, Vec<automerge::Patch>), StoreError> {
+    ) -> Result<R, StoreError> {
         self.changed.push(id);
         let doc = self.doc(id)?;
         let before = doc.get_heads();
         let r = f(doc)?;
-        let patches = docs::persist(self.tx, self.cache, id, &before)?;
-        Ok((r, patches))
+        docs::persist(self.tx, self.cache, id, &before)?;
+        Ok(r)
     }
 
-    fn change_bucket<R>(
+    /// Applies a bucket operation and re-projects the messages it touched.
+    fn change_bucket(
         &mut self,
         ws: DocId,
         channel: DocId,
         bucket_id: DocId,
-        f: impl FnOnce(&mut Automerge) -> Result<R, ModelError>,
-    ) -> Result<R, StoreError> {
-        let (r, patches) = self.change(bucket_id, f)?;
-        let mut touched = bucket::touched(&patches);
+        f: impl FnOnce(&mut Automerge) -> Result<Vec<MessageId>, ModelError>,
+    ) -> Result<(), StoreError> {
+        let mut touched: BTreeSet<MessageId> = self.change(bucket_id, f)?.into_iter().collect();
         // A deletion that met a concurrent edit: take the text out of the document too.
         let view = self.view(ws)?;
         let at = now_ms();
-        let (_, purged) = self.change(bucket_id, |doc| {
+        let purged = self.change(bucket_id, |doc| {
             bucket::purge_deleted_text(doc, channel, &touched, &view, at)
         })?;
-        touched.extend(bucket::touched(&purged));
-        self.project_bucket(ws, channel, bucket_id, Some(touched))?;
-        Ok(r)
+        touched.extend(purged);
+        self.project_bucket(ws, channel, bucket_id, Some(touched))
     }
 
     /// The bucket document for `key`, created (deterministically) if this node lacks it, and

@@ -116,9 +116,8 @@ impl Writer<'_> {
                  verified = excluded.verified",
         )?;
         let mut clear_reactions = tx.prepare_cached("DELETE FROM reactions WHERE message = ?1")?;
-        let mut add_reaction = tx.prepare_cached(
-            "INSERT INTO reactions (message, emoji, person) VALUES (?1, ?2, ?3)",
-        )?;
+        let mut add_reaction = tx
+            .prepare_cached("INSERT INTO reactions (message, emoji, person) VALUES (?1, ?2, ?3)")?;
         let mut remove = tx.prepare_cached("DELETE FROM messages WHERE id = ?1")?;
         for id in ids {
             let key = id.to_string();

@@ -141,7 +141,13 @@ fn fts_query(q: &str) -> Option<String> {
         words
             .iter()
             .enumerate()
-            .map(|(i, w)| if i == last { format!("{w}*") } else { w.clone() })
+            .map(|(i, w)| {
+                if i == last {
+                    format!("{w}*")
+                } else {
+                    w.clone()
+                }
+            })
             .collect::<Vec<_>>()
             .join(" "),
     )
@@ -185,7 +191,10 @@ impl Store {
         match ids.as_slice() {
             [] => Err(StoreError::UnknownWorkspace(name_or_id.to_owned())),
             [one] => Ok(one.parse()?),
-            many => Err(StoreError::Ambiguous(name_or_id.to_owned(), many.join(", "))),
+            many => Err(StoreError::Ambiguous(
+                name_or_id.to_owned(),
+                many.join(", "),
+            )),
         }
     }
 
@@ -256,10 +265,10 @@ impl Store {
         )?;
         rows.into_iter()
             .map(|(mut c, ts, id)| {
-                let (unread, mentions) = count.query_row(
-                    params![c.id, ts, id, format!("\"{me}\""), me],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )?;
+                let (unread, mentions) = count
+                    .query_row(params![c.id, ts, id, format!("\"{me}\""), me], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })?;
                 c.unread = unread;
                 c.mentions = mentions;
                 Ok(c)
@@ -307,10 +316,10 @@ impl Store {
                 }
                 let keys: Vec<String> = serde_json::from_str(&mentions).unwrap_or_default();
                 for k in keys {
-                    let n: Option<String> = name
-                        .query_row(params![m.id, k], |r| r.get(0))
-                        .optional()?;
-                    m.mentions.push(n.unwrap_or_else(|| k[..8.min(k.len())].to_owned()));
+                    let n: Option<String> =
+                        name.query_row(params![m.id, k], |r| r.get(0)).optional()?;
+                    m.mentions
+                        .push(n.unwrap_or_else(|| k[..8.min(k.len())].to_owned()));
                 }
                 Ok(m)
             })
@@ -330,11 +339,11 @@ impl Store {
         let (bts, bid) = match before {
             Some(b) => {
                 let id = self.resolve_message(b)?;
-                let ts: i64 = self
-                    .conn
-                    .query_row("SELECT ts FROM messages WHERE id = ?1", [id.to_string()], |r| {
-                        r.get(0)
-                    })?;
+                let ts: i64 = self.conn.query_row(
+                    "SELECT ts FROM messages WHERE id = ?1",
+                    [id.to_string()],
+                    |r| r.get(0),
+                )?;
                 (ts, id.to_string())
             }
             None => (i64::MAX, String::new()),
@@ -348,10 +357,17 @@ impl Store {
                        AND (m.ts < ?2 OR (m.ts = ?2 AND m.id < ?3))
                      ORDER BY m.ts DESC, m.id DESC LIMIT ?4"
                 );
-                let before_id = if before.is_some() { bid } else { "\u{10ffff}".into() };
+                let before_id = if before.is_some() {
+                    bid
+                } else {
+                    "\u{10ffff}".into()
+                };
                 self.conn
                     .prepare_cached(&sql)?
-                    .query_map(params![channel.to_string(), bts, before_id, limit], message_from_row)?
+                    .query_map(
+                        params![channel.to_string(), bts, before_id, limit],
+                        message_from_row,
+                    )?
                     .collect::<Result<Vec<_>, _>>()?
             }
             Some(t) => {
@@ -361,11 +377,18 @@ impl Store {
                      WHERE m.thread_root = ?1 AND (m.ts < ?2 OR (m.ts = ?2 AND m.id < ?3))
                      ORDER BY m.ts DESC, m.id DESC LIMIT ?4"
                 );
-                let before_id = if before.is_some() { bid } else { "\u{10ffff}".into() };
+                let before_id = if before.is_some() {
+                    bid
+                } else {
+                    "\u{10ffff}".into()
+                };
                 let mut v = self
                     .conn
                     .prepare_cached(&sql)?
-                    .query_map(params![root.to_string(), bts, before_id, limit], message_from_row)?
+                    .query_map(
+                        params![root.to_string(), bts, before_id, limit],
+                        message_from_row,
+                    )?
                     .collect::<Result<Vec<_>, _>>()?;
                 if before.is_none() || (v.len() as i64) < limit {
                     v.push(self.message_raw(&root.to_string())?);
@@ -378,7 +401,8 @@ impl Store {
     }
 
     fn message_raw(&self, id: &str) -> Result<(MessageRow, String), StoreError> {
-        let sql = format!("SELECT {MESSAGE_COLUMNS} FROM messages m {MESSAGE_JOINS} WHERE m.id = ?1");
+        let sql =
+            format!("SELECT {MESSAGE_COLUMNS} FROM messages m {MESSAGE_JOINS} WHERE m.id = ?1");
         self.conn
             .prepare_cached(&sql)?
             .query_row([id], message_from_row)
@@ -415,7 +439,12 @@ impl Store {
             .conn
             .prepare_cached(&sql)?
             .query_map(
-                params![q, ws.to_string(), channel.map(|c| c.to_string()), limit.min(10_000) as i64],
+                params![
+                    q,
+                    ws.to_string(),
+                    channel.map(|c| c.to_string()),
+                    limit.min(10_000) as i64
+                ],
                 message_from_row,
             )?
             .collect::<Result<Vec<_>, _>>()?;
@@ -443,7 +472,8 @@ impl Store {
         }
         let valid = s.len() >= 4
             && s.len() < 26
-            && s.bytes().all(|c| c.is_ascii_digit() || c.is_ascii_lowercase());
+            && s.bytes()
+                .all(|c| c.is_ascii_digit() || c.is_ascii_lowercase());
         if !valid {
             return Err(crdt_model::ModelError::BadId(s).into());
         }
@@ -509,7 +539,10 @@ mod tests {
     #[test]
     fn fts_queries_are_always_valid() {
         assert_eq!(fts_query("  ").as_deref(), None);
-        assert_eq!(fts_query("hello wor").as_deref(), Some("\"hello\" \"wor\"*"));
+        assert_eq!(
+            fts_query("hello wor").as_deref(),
+            Some("\"hello\" \"wor\"*")
+        );
         assert_eq!(fts_query("a\"b OR").as_deref(), Some("\"a\"\"b\" \"OR\"*"));
     }
 }

@@ -1,0 +1,9 @@
+//! Integration tests of `peer::Store` on real SQLite files: one binary, several modules.
+
+mod chat;
+mod common;
+mod concurrency;
+mod errors;
+mod projection;
+mod prop;
+mod storage;
