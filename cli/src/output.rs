@@ -100,7 +100,11 @@ impl Out {
         if rows.is_empty() {
             writeln!(self.out, "No workspaces yet: `flyt workspace create NAME`.")?;
         }
-        let w = rows.iter().map(|r| r.name.chars().count()).max().unwrap_or(0);
+        let w = rows
+            .iter()
+            .map(|r| r.name.chars().count())
+            .max()
+            .unwrap_or(0);
         for r in rows {
             let mark = if r.current { "*" } else { " " };
             writeln!(
@@ -123,17 +127,30 @@ impl Out {
         if rows.is_empty() {
             writeln!(self.out, "No channels yet: `flyt channel create NAME`.")?;
         }
-        let w = rows.iter().map(|r| r.name.chars().count() + 1).max().unwrap_or(0);
-        for r in rows {
-            let name = format!("{}{}", if r.private { "🔒" } else { "#" }, r.name);
-            let unread = match (r.unread, r.mentions) {
+        let w = rows
+            .iter()
+            .map(|r| r.name.chars().count() + 1)
+            .max()
+            .unwrap_or(0);
+        let unread: Vec<String> = rows
+            .iter()
+            .map(|r| match (r.unread, r.mentions) {
                 (0, _) => String::new(),
                 (n, 0) => format!("{n} unread"),
                 (n, m) => format!("{n} unread, {m} @you"),
-            };
+            })
+            .collect();
+        let uw = unread.iter().map(|u| u.chars().count()).max().unwrap_or(0);
+        for (r, u) in rows.iter().zip(&unread) {
+            let name = format!("{}{}", if r.private { "🔒" } else { "#" }, r.name);
             let name = format!("{name:<w$}");
-            let name = if r.unread > 0 { self.paint("1", &name) } else { name };
-            writeln!(self.out, "{name}  {:<18}  {}", unread, r.topic)?;
+            let name = if r.unread > 0 {
+                self.paint("1", &name)
+            } else {
+                name
+            };
+            let line = format!("{name}  {u:<uw$}  {}", self.paint("2", &r.topic));
+            writeln!(self.out, "{}", line.trim_end())?;
         }
         Ok(())
     }
@@ -142,9 +159,19 @@ impl Out {
         if self.json {
             return self.json(&rows);
         }
-        let w = rows.iter().map(|r| r.name.chars().count()).max().unwrap_or(0);
+        let w = rows
+            .iter()
+            .map(|r| r.name.chars().count())
+            .max()
+            .unwrap_or(0);
         for r in rows {
-            writeln!(self.out, "{:<w$}  {:<6}  {}", r.name, r.role, self.paint("2", &r.key))?;
+            writeln!(
+                self.out,
+                "{:<w$}  {:<6}  {}",
+                r.name,
+                r.role,
+                self.paint("2", &r.key)
+            )?;
         }
         Ok(())
     }
@@ -211,7 +238,11 @@ impl Out {
                 z.strftime("%H:%M").to_string()
             }
         });
-        let mut head = format!("{}  {}", self.paint("2", &when), self.paint("1", &m.author.name));
+        let mut head = format!(
+            "{}  {}",
+            self.paint("2", &when),
+            self.paint("1", &m.author.name)
+        );
         if with_channel {
             head.push_str(&format!("  in #{}", m.channel));
         }
@@ -222,10 +253,18 @@ impl Out {
         writeln!(self.out, "{head}")?;
         let indent = "       ";
         if m.deleted {
-            writeln!(self.out, "{indent}{}", self.paint("2;3", "This message was deleted."))?;
+            writeln!(
+                self.out,
+                "{indent}{}",
+                self.paint("2;3", "This message was deleted.")
+            )?;
         } else {
             if let Some(r) = &m.reply_to {
-                writeln!(self.out, "{indent}{}", self.paint("2", &format!("↪ reply to {r}")))?;
+                writeln!(
+                    self.out,
+                    "{indent}{}",
+                    self.paint("2", &format!("↪ reply to {r}"))
+                )?;
             }
             for line in m.text.lines() {
                 writeln!(self.out, "{indent}{line}")?;
@@ -239,7 +278,11 @@ impl Out {
             meta.push(format!("{emoji} {}", who.join(", ")));
         }
         if m.reply_count > 0 {
-            let s = if m.reply_count == 1 { "reply" } else { "replies" };
+            let s = if m.reply_count == 1 {
+                "reply"
+            } else {
+                "replies"
+            };
             meta.push(format!("💬 {} {s}", m.reply_count));
         }
         if !meta.is_empty() {

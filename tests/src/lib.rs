@@ -54,7 +54,11 @@ pub struct Rng(u64);
 impl Rng {
     /// Seeds the generator (0 is replaced by a fixed constant).
     pub fn new(seed: u64) -> Self {
-        Rng(if seed == 0 { 0x9E37_79B9_7F4A_7C15 } else { seed })
+        Rng(if seed == 0 {
+            0x9E37_79B9_7F4A_7C15
+        } else {
+            seed
+        })
     }
 
     /// The next 64 random bits.
@@ -74,11 +78,50 @@ impl Rng {
 }
 
 const WORDS: &[&str] = &[
-    "deploy", "review", "merge", "lunch", "standup", "release", "bug", "fix", "ship", "design",
-    "meeting", "today", "tomorrow", "please", "thanks", "customer", "latency", "database",
-    "backup", "incident", "roadmap", "sprint", "ticket", "build", "test", "green", "red",
-    "coffee", "offsite", "budget", "hiring", "launch", "metrics", "dashboard", "alert",
-    "rollback", "staging", "production", "feature", "flag", "docs", "api", "client", "server",
+    "deploy",
+    "review",
+    "merge",
+    "lunch",
+    "standup",
+    "release",
+    "bug",
+    "fix",
+    "ship",
+    "design",
+    "meeting",
+    "today",
+    "tomorrow",
+    "please",
+    "thanks",
+    "customer",
+    "latency",
+    "database",
+    "backup",
+    "incident",
+    "roadmap",
+    "sprint",
+    "ticket",
+    "build",
+    "test",
+    "green",
+    "red",
+    "coffee",
+    "offsite",
+    "budget",
+    "hiring",
+    "launch",
+    "metrics",
+    "dashboard",
+    "alert",
+    "rollback",
+    "staging",
+    "production",
+    "feature",
+    "flag",
+    "docs",
+    "api",
+    "client",
+    "server",
 ];
 
 /// A plausible chat line of 4 to 16 words; about one in 1,000 contains "zanzibar" (a rare word
