@@ -285,6 +285,11 @@ fn run(cli: Cli, out: &mut output::Out) -> Result<()> {
             out.search(&rows, &query)?;
         }
     }
+    // Idle-time upkeep after the answer is out: the user never waits for it, and a failure here
+    // loses nothing (the next run tries again).
+    if let Err(e) = store.maintain() {
+        tracing::warn!("storage upkeep failed: {e:#}");
+    }
     Ok(())
 }
 
@@ -302,9 +307,14 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // A closed pipe (`flyt read general | head`) is not an error.
+            // `--json` output fails inside serde_json, whose error hides the io::Error.
             if e.chain().any(|c| {
-                c.downcast_ref::<std::io::Error>()
-                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+                let kind = c.downcast_ref::<std::io::Error>().map(|io| io.kind());
+                let kind = kind.or_else(|| {
+                    c.downcast_ref::<serde_json::Error>()
+                        .and_then(serde_json::Error::io_error_kind)
+                });
+                kind == Some(std::io::ErrorKind::BrokenPipe)
             }) {
                 return ExitCode::SUCCESS;
             }

@@ -16,8 +16,16 @@ use rusqlite::{OptionalExtension, Transaction, params};
 
 use crate::StoreError;
 
-/// After this many incremental chunks a document is compacted into one snapshot.
+/// A document is due for compaction (`Store::maintain`, in idle time) after this many
+/// incremental chunks...
 const COMPACT_AFTER: usize = 64;
+/// ...or once its incremental chunks outweigh its snapshot (and this floor): a snapshot is
+/// compressed and columnar, incremental saves are not, so a bulk import would otherwise stay
+/// twice its compacted size on disk.
+const COMPACT_BYTES_FLOOR: usize = 32 * 1024;
+/// Compaction happens on the write path only past this many times what makes it due: a bound
+/// on storage and load time for a node that never gets idle time.
+const INLINE_FACTOR: usize = 16;
 
 /// What kind of document, and where it belongs (the `docs` row).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +45,8 @@ pub(crate) struct Cached {
     pub doc: Automerge,
     pub last_seq: i64,
     pub chunks: usize,
+    pub snapshot_bytes: usize,
+    pub pending_bytes: usize,
 }
 
 /// The per-process cache of loaded documents.
@@ -74,6 +84,8 @@ impl DocCache {
             doc: Automerge::new().with_actor(device_actor(actor)),
             last_seq: 0,
             chunks: 0,
+            snapshot_bytes: 0,
+            pending_bytes: 0,
         });
         let corrupt = |e: AutomergeError| StoreError::Corrupt(format!("document {id}: {e}"));
         // `load_incremental` skips what it cannot parse (it only logs a warning): writing on top
@@ -91,14 +103,24 @@ impl DocCache {
                     .with_actor(device_actor(actor));
             } else {
                 // Parse alone first; its changes depend on earlier chunks, hence MissingDeps.
-                match Automerge::load_with_options(&data, strict(VerificationMode::DontCheck)) {
+                // Automerge logs every failed load at ERROR level; this one is expected (and any
+                // other is returned as `Corrupt`), so keep it out of the application's log.
+                let parsed = tracing::dispatcher::with_default(&tracing::Dispatch::none(), || {
+                    Automerge::load_with_options(&data, strict(VerificationMode::DontCheck))
+                });
+                match parsed {
                     Ok(_) | Err(AutomergeError::MissingDeps) => {}
                     Err(e) => return Err(corrupt(e)),
                 }
                 entry.doc.load_incremental(&data).map_err(corrupt)?;
             }
             entry.last_seq = seq;
-            entry.chunks = if snapshot == 1 { 0 } else { entry.chunks + 1 };
+            if snapshot == 1 {
+                (entry.chunks, entry.snapshot_bytes, entry.pending_bytes) = (0, data.len(), 0);
+            } else {
+                entry.chunks += 1;
+                entry.pending_bytes += data.len();
+            }
         }
         // Changes waiting for a dependency mean a chunk is missing.
         let missing = entry.doc.get_missing_deps(&[]);
@@ -143,13 +165,16 @@ pub(crate) fn insert(
             meta.bucket_key
         ],
     )?;
-    let seq = append(tx, id, true, &doc.save())?;
+    let snapshot = doc.save();
+    let seq = append(tx, id, true, &snapshot)?;
     cache.docs.insert(
         id,
         Cached {
             doc,
             last_seq: seq,
             chunks: 0,
+            snapshot_bytes: snapshot.len(),
+            pending_bytes: 0,
         },
     );
     Ok(())
@@ -161,7 +186,35 @@ fn append(tx: &Transaction<'_>, id: DocId, snapshot: bool, data: &[u8]) -> Resul
     Ok(tx.last_insert_rowid())
 }
 
-/// Records what `doc` gained since `before` as a new chunk, compacting when due.
+impl Cached {
+    fn due(&self, factor: usize) -> bool {
+        self.chunks >= COMPACT_AFTER * factor
+            || self.pending_bytes > self.snapshot_bytes.max(COMPACT_BYTES_FLOOR) * factor
+    }
+}
+
+/// Whether a cached document should be compacted.
+pub(crate) fn due(cache: &DocCache, id: &DocId) -> bool {
+    cache.docs.get(id).is_some_and(|c| c.due(1))
+}
+
+/// Replaces a document's chunks with one snapshot. The caller has refreshed it in `tx`.
+pub(crate) fn compact(
+    tx: &Transaction<'_>,
+    cache: &mut DocCache,
+    id: DocId,
+) -> Result<(), StoreError> {
+    let c = cache.docs.get_mut(&id).expect("compact follows get");
+    let snapshot = c.doc.save();
+    let seq = append(tx, id, true, &snapshot)?;
+    tx.prepare_cached("DELETE FROM doc_chunks WHERE doc = ?1 AND seq < ?2")?
+        .execute(params![id.to_string(), seq])?;
+    c.last_seq = seq;
+    (c.chunks, c.snapshot_bytes, c.pending_bytes) = (0, snapshot.len(), 0);
+    Ok(())
+}
+
+/// Records what `doc` gained since `before` as a new chunk.
 pub(crate) fn persist(
     tx: &Transaction<'_>,
     cache: &mut DocCache,
@@ -172,15 +225,12 @@ pub(crate) fn persist(
     if c.doc.get_heads() == before {
         return Ok(());
     }
-    if c.chunks + 1 >= COMPACT_AFTER {
-        let seq = append(tx, id, true, &c.doc.save())?;
-        tx.prepare_cached("DELETE FROM doc_chunks WHERE doc = ?1 AND seq < ?2")?
-            .execute(params![id.to_string(), seq])?;
-        c.last_seq = seq;
-        c.chunks = 0;
-    } else {
-        c.last_seq = append(tx, id, false, &c.doc.save_after(before))?;
-        c.chunks += 1;
+    let chunk = c.doc.save_after(before);
+    c.last_seq = append(tx, id, false, &chunk)?;
+    c.chunks += 1;
+    c.pending_bytes += chunk.len();
+    if c.due(INLINE_FACTOR) {
+        compact(tx, cache, id)?;
     }
     Ok(())
 }

@@ -339,11 +339,15 @@ impl Store {
         let (bts, bid) = match before {
             Some(b) => {
                 let id = self.resolve_message(b)?;
-                let ts: i64 = self.conn.query_row(
-                    "SELECT ts FROM messages WHERE id = ?1",
-                    [id.to_string()],
-                    |r| r.get(0),
-                )?;
+                let ts: i64 = self
+                    .conn
+                    .query_row(
+                        "SELECT ts FROM messages WHERE id = ?1",
+                        [id.to_string()],
+                        |r| r.get(0),
+                    )
+                    .optional()?
+                    .ok_or_else(|| StoreError::UnknownMessage(id.to_string()))?;
                 (ts, id.to_string())
             }
             None => (i64::MAX, String::new()),

@@ -96,6 +96,25 @@ fn buckets_split_when_full() {
 }
 
 #[test]
+fn a_node_without_idle_time_still_compacts() {
+    let (home, mut s, ch) = setup();
+    // No `maintain` at all: the write path compacts past 16x the idle threshold (1,024 chunks).
+    for i in 0..1_100 {
+        s.post(ch, &format!("busy {i}"), None, None).unwrap();
+    }
+    let (_, bucket) = s.buckets(ch).unwrap().pop().unwrap();
+    let n: i64 = raw(&home.path)
+        .query_row(
+            "SELECT count(*) FROM doc_chunks WHERE doc = ?1",
+            [bucket.to_string()],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(n <= 1_024, "{n} chunks");
+    assert_eq!(timeline(&s, ch).len(), 1_100);
+}
+
+#[test]
 fn compaction_and_reopen() {
     let (home, mut s, ch) = setup();
     let chunks = |s: &Store| -> i64 {
@@ -111,6 +130,8 @@ fn compaction_and_reopen() {
     let mut posted = Vec::new();
     for i in 0..140 {
         posted.push(s.post(ch, &format!("single {i}"), None, None).unwrap());
+        // Upkeep runs after each action, as `flyt` does after printing its answer.
+        s.maintain().unwrap();
         assert!(
             chunks(&s) <= 64,
             "the bucket is compacted before it holds more than 64 chunks"
@@ -132,6 +153,7 @@ fn compaction_and_reopen() {
     // The reloaded document keeps taking writes through further compactions.
     for i in 140..210 {
         s.post(ch, &format!("single {i}"), None, None).unwrap();
+        s.maintain().unwrap();
         assert!(chunks(&s) <= 64);
     }
     s.edit(&posted[0].id, "single 0, edited twice").unwrap();

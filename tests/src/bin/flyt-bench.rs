@@ -18,7 +18,7 @@ const DAY_MS: i64 = 86_400_000;
 
 fn usage() -> ! {
     eprintln!(
-        "usage: flyt-bench local [--messages N] [--sends N]\n\
+        "usage: flyt-bench local [--messages N] [--sends N] [--keep DIR]\n\
          \n  local   send / read / open / search on a 100k-message channel (SQLite, one process)"
     );
     std::process::exit(2);
@@ -55,7 +55,21 @@ fn local(args: &[String]) -> Result<()> {
     let total = flag(args, "--messages", 100_000)?;
     let sends = flag(args, "--sends", 1_000)?;
     let dir = tempfile::tempdir()?;
-    let db = dir.path().join("flyt.db");
+    let keep = args
+        .iter()
+        .position(|a| a == "--keep")
+        .and_then(|i| args.get(i + 1))
+        .map(PathBuf::from);
+    let db = match &keep {
+        Some(d) => {
+            std::fs::create_dir_all(d)?;
+            if d.join("flyt.db").exists() {
+                bail!("{} already holds a database", d.display());
+            }
+            d.join("flyt.db")
+        }
+        None => dir.path().join("flyt.db"),
+    };
     let mut store = Store::open(&db)?;
     store.init("bench")?;
     store.create_workspace("bench")?;
@@ -84,15 +98,26 @@ fn local(args: &[String]) -> Result<()> {
     );
     // Send: the backend part of send -> own screen (validate, sign, Automerge change, SQLite
     // commit with fsync, projection rows, the row read back for the screen).
+    // Compaction runs in idle time (`Store::maintain`), as a node does between bursts: here
+    // every 32 sends, timed on its own.
     let mut send_us = Vec::with_capacity(sends);
+    let mut maintain_ms = Vec::new();
     for i in 0..sends {
         let text = format!("{} #{i}", chat_line(&mut rng));
         let t = Instant::now();
         store.post(channel, &text, None, None)?;
         send_us.push(micros(t.elapsed()));
+        if i % 32 == 31 {
+            let t = Instant::now();
+            if store.maintain()? > 0 {
+                maintain_ms.push(millis(t.elapsed()));
+            }
+        }
     }
     let send = summarize(&send_us);
     row("send (backend, incl. fsync)", "µs", &send);
+    let maintain = summarize(&maintain_ms);
+    row("  idle-time compaction of that bucket", "ms", &maintain);
 
     let mut read_ms = Vec::new();
     for _ in 0..200 {
@@ -164,6 +189,7 @@ fn local(args: &[String]) -> Result<()> {
             "messages": total + sends,
             "fill_seconds": fill_s,
             "send_us": stat(&send),
+            "idle_compaction_ms": stat(&maintain),
             "read_newest_50_warm_ms": stat(&read),
             "open_cold_newest_50_ms": stat(&cold),
             "open_cold_process_ms": stat(&cold_proc),
