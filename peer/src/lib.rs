@@ -11,6 +11,7 @@ mod docs;
 mod project;
 mod query;
 pub mod schema;
+pub mod sync;
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;

@@ -1,0 +1,362 @@
+//! The sans-IO sync engine: automerge's per-document sync protocol for every (peer, document)
+//! pair, multiplexed over one connection per peer.
+//!
+//! Requirements it meets (BRIEF.md, Sync):
+//! - **Only what the peer may see**: every document is checked against [`Host::may_share`] when
+//!   it is offered, requested or changed, and again on [`Event::PolicyChanged`]; a peer that
+//!   may not connect is closed before it learns anything; a document id the engine may not
+//!   hold never gets state allocated.
+//! - **Newest first**: [`Host::offer`] lists documents in sync order (workspace and channel
+//!   documents, then buckets newest first), and the engine opens them in that order.
+//! - **Durable before acknowledged**: a received change is returned as [`Action::Changed`]
+//!   *before* any [`Action::Send`] that could reveal to a peer that we hold it; the runtime
+//!   persists in order.
+//! - **Sync state persisted per (peer, document)**: [`Action::SaveState`] on disconnect,
+//!   [`Host::saved_state`] on the next connection.
+//! - **Work proportional to what changed**: a local change touches only its documents and the
+//!   peers that share them.
+
+use std::collections::{BTreeMap, HashMap};
+
+use automerge::sync::{self, SyncDoc};
+use automerge::{Automerge, ChangeHash, PatchLog};
+use crdt_model::{DeviceId, DocId};
+
+use super::protocol::{DocRef, Frame, PROTOCOL_VERSION};
+
+/// What the engine needs from its surroundings: documents and the share policy.
+pub trait Host {
+    /// The document, if this node holds it.
+    fn doc(&mut self, id: DocId) -> Option<&mut Automerge>;
+    /// How to describe a held document to a peer.
+    fn doc_ref(&mut self, id: DocId) -> Option<DocRef>;
+    /// Starts holding (and registers) an empty document a peer offered, after
+    /// [`Host::may_accept`] said yes.
+    fn create(&mut self, r: &DocRef) -> Option<&mut Automerge>;
+    /// Whether `peer` may connect at all (a device of a current member, or our relay).
+    fn may_connect(&mut self, peer: &DeviceId) -> bool;
+    /// Whether `peer` may receive `doc` from us and send us changes to it.
+    fn may_share(&mut self, peer: &DeviceId, doc: DocId) -> bool;
+    /// Whether we should start holding `r` because `peer` offers it.
+    fn may_accept(&mut self, peer: &DeviceId, r: &DocRef) -> bool;
+    /// The documents to offer `peer`, in sync order.
+    fn offer(&mut self, peer: &DeviceId) -> Vec<DocRef>;
+    /// The sync state saved for (peer, doc) by an earlier connection.
+    fn saved_state(&mut self, peer: &DeviceId, doc: DocId) -> Option<Vec<u8>>;
+}
+
+/// Something that happened.
+#[derive(Debug)]
+pub enum Event {
+    /// A connection to `peer` (authenticated by the transport) is up.
+    Connected(DeviceId),
+    /// A frame arrived from `peer`.
+    Frame(DeviceId, Frame),
+    /// These documents changed locally (or were created).
+    LocalChange(Vec<DocId>),
+    /// The connection to `peer` is gone.
+    Disconnected(DeviceId),
+    /// Membership or channel privacy changed: re-check every (peer, document).
+    PolicyChanged,
+}
+
+/// Something the runtime must do, in order.
+#[derive(Debug)]
+pub enum Action {
+    /// Send a frame to a peer.
+    Send(DeviceId, Frame),
+    /// A peer's sync message changed `doc`: persist what it gained since `before` and update
+    /// the projection from `patches`. Must be durable before any later `Send` goes out.
+    Changed {
+        /// The document.
+        doc: DocId,
+        /// Its heads before the change.
+        before: Vec<ChangeHash>,
+        /// The changes to its current state.
+        patches: Vec<automerge::Patch>,
+    },
+    /// Persist the sync state of (peer, doc) for the next connection.
+    SaveState(DeviceId, DocId, Vec<u8>),
+    /// Close the connection to a peer.
+    Close(DeviceId, CloseReason),
+}
+
+/// Why the engine closes a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// The peer is not (or no longer) allowed to connect.
+    NotAllowed,
+    /// The peer sent something that is not a valid sync message.
+    BadMessage(String),
+    /// The peer sent a second Hello.
+    Protocol(&'static str),
+}
+
+#[derive(Debug, Default)]
+struct Peer {
+    hello: bool,
+    docs: HashMap<DocId, sync::State>,
+}
+
+/// The sync engine of one node. See the module docs.
+#[derive(Debug, Default)]
+pub struct Engine {
+    peers: BTreeMap<DeviceId, Peer>,
+}
+
+impl Engine {
+    /// A new engine with no peers.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Connected peers.
+    pub fn peers(&self) -> impl Iterator<Item = &DeviceId> {
+        self.peers.keys()
+    }
+
+    /// How many documents have sync state with `peer` (0 if not connected).
+    pub fn doc_count(&self, peer: &DeviceId) -> usize {
+        self.peers.get(peer).map_or(0, |p| p.docs.len())
+    }
+
+    /// Handles one event and returns what to do.
+    pub fn handle(&mut self, host: &mut impl Host, event: Event) -> Vec<Action> {
+        let mut out = Vec::new();
+        match event {
+            Event::Connected(peer) => self.connected(host, peer, &mut out),
+            Event::Frame(peer, frame) => self.frame(host, peer, frame, &mut out),
+            Event::LocalChange(docs) => {
+                for doc in docs {
+                    self.local_change(host, doc, &mut out);
+                }
+            }
+            Event::Disconnected(peer) => self.disconnected(peer, &mut out),
+            Event::PolicyChanged => self.policy_changed(host, &mut out),
+        }
+        out
+    }
+
+    fn connected(&mut self, host: &mut impl Host, peer: DeviceId, out: &mut Vec<Action>) {
+        if !host.may_connect(&peer) {
+            out.push(Action::Close(peer, CloseReason::NotAllowed));
+            return;
+        }
+        self.peers.insert(peer, Peer::default());
+        let have: Vec<DocRef> = host
+            .offer(&peer)
+            .into_iter()
+            .filter(|r| r.id().is_some_and(|id| host.may_share(&peer, id)))
+            .collect();
+        out.push(Action::Send(
+            peer,
+            Frame::Hello {
+                version: PROTOCOL_VERSION,
+                have: have.clone(),
+            },
+        ));
+        for r in have {
+            if let Some(id) = r.id() {
+                self.open(host, peer, id, out);
+            }
+        }
+    }
+
+    /// Starts (or continues) syncing `doc` with `peer`: makes sure there is state and sends
+    /// whatever the sync protocol wants to send next.
+    fn open(&mut self, host: &mut impl Host, peer: DeviceId, doc: DocId, out: &mut Vec<Action>) {
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        let state = p.docs.entry(doc).or_insert_with(|| {
+            host.saved_state(&peer, doc)
+                .and_then(|b| sync::State::decode(&b).ok())
+                .unwrap_or_default()
+        });
+        if let Some(d) = host.doc(doc)
+            && let Some(msg) = d.generate_sync_message(state)
+        {
+            out.push(Action::Send(
+                peer,
+                Frame::Sync {
+                    doc,
+                    data: msg.encode(),
+                },
+            ));
+        }
+    }
+
+    fn offered(
+        &mut self,
+        host: &mut impl Host,
+        peer: DeviceId,
+        refs: Vec<DocRef>,
+        out: &mut Vec<Action>,
+    ) {
+        for r in refs {
+            let Some(id) = r.id() else { continue };
+            if !host.may_share(&peer, id) {
+                continue;
+            }
+            if host.doc(id).is_none() && (!host.may_accept(&peer, &r) || host.create(&r).is_none())
+            {
+                continue;
+            }
+            self.open(host, peer, id, out);
+        }
+    }
+
+    fn frame(&mut self, host: &mut impl Host, peer: DeviceId, frame: Frame, out: &mut Vec<Action>) {
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        match frame {
+            Frame::Hello { version, have } => {
+                if p.hello {
+                    self.close(peer, CloseReason::Protocol("second Hello"), out);
+                    return;
+                }
+                if version != PROTOCOL_VERSION {
+                    self.close(peer, CloseReason::Protocol("unsupported version"), out);
+                    return;
+                }
+                p.hello = true;
+                self.offered(host, peer, have, out);
+            }
+            Frame::Have { docs } => self.offered(host, peer, docs, out),
+            Frame::Unavailable { doc } => {
+                p.docs.remove(&doc);
+            }
+            Frame::Sync { doc, data } => self.sync(host, peer, doc, &data, out),
+        }
+    }
+
+    fn sync(
+        &mut self,
+        host: &mut impl Host,
+        peer: DeviceId,
+        doc: DocId,
+        data: &[u8],
+        out: &mut Vec<Action>,
+    ) {
+        // Policy first, and no state for documents we do not hold: an unknown id costs nothing.
+        if !host.may_share(&peer, doc) || host.doc(doc).is_none() {
+            if let Some(p) = self.peers.get_mut(&peer) {
+                p.docs.remove(&doc);
+            }
+            out.push(Action::Send(peer, Frame::Unavailable { doc }));
+            return;
+        }
+        let msg = match sync::Message::decode(data) {
+            Ok(m) => m,
+            Err(e) => {
+                self.close(peer, CloseReason::BadMessage(e.to_string()), out);
+                return;
+            }
+        };
+        let p = self.peers.get_mut(&peer).expect("checked by caller");
+        let state = p.docs.entry(doc).or_insert_with(|| {
+            host.saved_state(&peer, doc)
+                .and_then(|b| sync::State::decode(&b).ok())
+                .unwrap_or_default()
+        });
+        let d = host.doc(doc).expect("checked above");
+        let before = d.get_heads();
+        let mut log = PatchLog::active();
+        if let Err(e) = d.receive_sync_message_log_patches(state, msg, &mut log) {
+            self.close(peer, CloseReason::BadMessage(e.to_string()), out);
+            return;
+        }
+        let changed = d.get_heads() != before;
+        if changed {
+            let patches = d.make_patches(&mut log);
+            out.push(Action::Changed {
+                doc,
+                before,
+                patches,
+            });
+        }
+        if let Some(reply) = d.generate_sync_message(state) {
+            out.push(Action::Send(
+                peer,
+                Frame::Sync {
+                    doc,
+                    data: reply.encode(),
+                },
+            ));
+        }
+        if changed {
+            self.fan_out(host, doc, Some(peer), out);
+        }
+    }
+
+    /// Tells every other peer that shares `doc` about its new state.
+    fn fan_out(
+        &mut self,
+        host: &mut impl Host,
+        doc: DocId,
+        except: Option<DeviceId>,
+        out: &mut Vec<Action>,
+    ) {
+        let peers: Vec<DeviceId> = self
+            .peers
+            .keys()
+            .copied()
+            .filter(|id| Some(*id) != except)
+            .collect();
+        for peer in peers {
+            if !host.may_share(&peer, doc) {
+                continue;
+            }
+            let known = self.peers[&peer].docs.contains_key(&doc);
+            if !known && let Some(r) = host.doc_ref(doc) {
+                out.push(Action::Send(peer, Frame::Have { docs: vec![r] }));
+            }
+            self.open(host, peer, doc, out);
+        }
+    }
+
+    fn local_change(&mut self, host: &mut impl Host, doc: DocId, out: &mut Vec<Action>) {
+        if host.doc(doc).is_some() {
+            self.fan_out(host, doc, None, out);
+        }
+    }
+
+    fn disconnected(&mut self, peer: DeviceId, out: &mut Vec<Action>) {
+        if let Some(p) = self.peers.remove(&peer) {
+            let mut docs: Vec<(DocId, sync::State)> = p.docs.into_iter().collect();
+            docs.sort_by_key(|(d, _)| *d);
+            for (doc, state) in docs {
+                out.push(Action::SaveState(peer, doc, state.encode()));
+            }
+        }
+    }
+
+    fn close(&mut self, peer: DeviceId, reason: CloseReason, out: &mut Vec<Action>) {
+        self.disconnected(peer, out);
+        out.push(Action::Close(peer, reason));
+    }
+
+    fn policy_changed(&mut self, host: &mut impl Host, out: &mut Vec<Action>) {
+        let peers: Vec<DeviceId> = self.peers.keys().copied().collect();
+        for peer in peers {
+            if !host.may_connect(&peer) {
+                self.close(peer, CloseReason::NotAllowed, out);
+                continue;
+            }
+            let p = self.peers.get_mut(&peer).expect("listed");
+            let mut revoked: Vec<DocId> = p
+                .docs
+                .keys()
+                .copied()
+                .filter(|d| !host.may_share(&peer, *d))
+                .collect();
+            revoked.sort();
+            for doc in revoked {
+                p.docs.remove(&doc);
+                out.push(Action::Send(peer, Frame::Unavailable { doc }));
+            }
+        }
+    }
+}

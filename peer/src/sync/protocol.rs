@@ -1,0 +1,273 @@
+//! The Flyt sync protocol's frames and their framing: what two Flyt nodes (the relay included)
+//! say to each other over one connection, multiplexing every document they share.
+//!
+//! A frame on the wire is a 4-byte big-endian length, then the frame encoded with postcard.
+//! [`FrameDecoder`] never buffers more than [`MAX_FRAME`] bytes for one frame: a length over the
+//! limit is an error before anything is allocated for it.
+
+use serde::{Deserialize, Serialize};
+
+use crdt_model::DocId;
+
+/// The ALPN identifying Flyt's sync protocol on an iroh connection.
+pub const ALPN: &[u8] = b"flyt/sync/1";
+
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// The largest frame accepted, in bytes (a bucket's full history in one sync message fits).
+pub const MAX_FRAME: usize = 16 * 1024 * 1024;
+
+/// What a document is, so a receiver can check it may hold it before allocating anything.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum DocRef {
+    /// A workspace document.
+    Workspace {
+        /// Its id.
+        id: DocId,
+    },
+    /// A channel document of `workspace`.
+    Channel {
+        /// Its id.
+        id: DocId,
+        /// The workspace it belongs to.
+        workspace: DocId,
+    },
+    /// A bucket document of `channel` (its id is derived from the two).
+    Bucket {
+        /// The channel.
+        channel: DocId,
+        /// The bucket key, e.g. `2026-11-22.0`.
+        key: String,
+    },
+}
+
+impl DocRef {
+    /// The document id this reference names (for buckets, derived; a malformed key gives
+    /// `None`).
+    pub fn id(&self) -> Option<DocId> {
+        match self {
+            DocRef::Workspace { id } | DocRef::Channel { id, .. } => Some(*id),
+            DocRef::Bucket { channel, key } => key
+                .parse()
+                .ok()
+                .map(|k| crdt_model::bucket::bucket_id(*channel, k)),
+        }
+    }
+}
+
+/// One frame.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Frame {
+    /// First frame on a connection, both ways: the version, and the documents the sender will
+    /// share with this peer, in the order it wants them synced (workspace and channel documents
+    /// first, then buckets newest first).
+    Hello {
+        /// [`PROTOCOL_VERSION`] of the sender.
+        version: u16,
+        /// Documents on offer.
+        have: Vec<DocRef>,
+    },
+    /// The sender now holds a document it did not announce (a new channel or bucket).
+    Have {
+        /// The new documents.
+        docs: Vec<DocRef>,
+    },
+    /// An Automerge sync message for one document.
+    Sync {
+        /// The document.
+        doc: DocId,
+        /// `automerge::sync::Message` bytes.
+        data: Vec<u8>,
+    },
+    /// The sender will not sync this document with the receiver (unknown to it, or not
+    /// allowed).
+    Unavailable {
+        /// The document.
+        doc: DocId,
+    },
+}
+
+/// Why bytes are not a frame.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FrameError {
+    /// The length prefix exceeds [`MAX_FRAME`].
+    #[error("frame of {0} bytes exceeds the {MAX_FRAME}-byte limit")]
+    TooLarge(usize),
+    /// The frame does not decode.
+    #[error("malformed frame")]
+    Malformed,
+    /// The peer speaks a protocol version this build does not.
+    #[error("unsupported protocol version {0} (this build speaks {PROTOCOL_VERSION})")]
+    UnsupportedVersion(u16),
+}
+
+impl Frame {
+    /// Encodes the frame with its length prefix.
+    pub fn encode(&self) -> Vec<u8> {
+        let body = postcard::to_stdvec(self).expect("frames always serialize");
+        let mut out = Vec::with_capacity(4 + body.len());
+        out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        out.extend_from_slice(&body);
+        out
+    }
+
+    /// Decodes one frame body (without its length prefix).
+    pub fn decode(body: &[u8]) -> Result<Frame, FrameError> {
+        if body.len() > MAX_FRAME {
+            return Err(FrameError::TooLarge(body.len()));
+        }
+        let frame: Frame = postcard::from_bytes(body).map_err(|_| FrameError::Malformed)?;
+        if let Frame::Hello { version, .. } = &frame
+            && *version != PROTOCOL_VERSION
+        {
+            return Err(FrameError::UnsupportedVersion(*version));
+        }
+        Ok(frame)
+    }
+}
+
+/// Splits a byte stream into frames.
+#[derive(Debug, Default)]
+pub struct FrameDecoder {
+    buf: Vec<u8>,
+}
+
+impl FrameDecoder {
+    /// Adds bytes received from the stream.
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// The next complete frame, `Ok(None)` if more bytes are needed. After an error the
+    /// connection must be closed: the stream is no longer in step.
+    pub fn next_frame(&mut self) -> Result<Option<Frame>, FrameError> {
+        if self.buf.len() < 4 {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes(self.buf[..4].try_into().expect("4 bytes")) as usize;
+        if len > MAX_FRAME {
+            return Err(FrameError::TooLarge(len));
+        }
+        if self.buf.len() < 4 + len {
+            return Ok(None);
+        }
+        let frame = Frame::decode(&self.buf[4..4 + len]);
+        self.buf.drain(..4 + len);
+        frame.map(Some)
+    }
+
+    /// How many bytes are buffered (bounded by `4 + MAX_FRAME` plus one read).
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn arb_frame() -> impl Strategy<Value = Frame> {
+        let id = any::<[u8; 16]>().prop_map(DocId);
+        prop_oneof![
+            proptest::collection::vec(id.clone(), 0..5).prop_map(|ids| Frame::Hello {
+                version: PROTOCOL_VERSION,
+                have: ids.into_iter().map(|id| DocRef::Workspace { id }).collect(),
+            }),
+            (id.clone(), proptest::collection::vec(any::<u8>(), 0..300))
+                .prop_map(|(doc, data)| Frame::Sync { doc, data }),
+            id.clone().prop_map(|doc| Frame::Unavailable { doc }),
+            (id.clone(), id).prop_map(|(channel, workspace)| Frame::Have {
+                docs: vec![
+                    DocRef::Channel {
+                        id: channel,
+                        workspace
+                    },
+                    DocRef::Bucket {
+                        channel,
+                        key: "2026-11-22.0".into()
+                    },
+                ],
+            }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn frames_round_trip_in_any_split(frames in proptest::collection::vec(arb_frame(), 1..6), cut in 1usize..50) {
+            let bytes: Vec<u8> = frames.iter().flat_map(Frame::encode).collect();
+            let mut d = FrameDecoder::default();
+            let mut out = Vec::new();
+            for chunk in bytes.chunks(cut) {
+                d.push(chunk);
+                while let Some(f) = d.next_frame().unwrap() {
+                    out.push(f);
+                }
+            }
+            prop_assert_eq!(out, frames);
+            prop_assert_eq!(d.buffered(), 0);
+        }
+
+        #[test]
+        fn garbage_is_an_error_or_incomplete_never_a_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let mut d = FrameDecoder::default();
+            d.push(&bytes);
+            let _ = d.next_frame();
+        }
+    }
+
+    #[test]
+    fn an_oversized_length_is_refused_before_allocating() {
+        let mut d = FrameDecoder::default();
+        d.push(&u32::MAX.to_be_bytes());
+        assert_eq!(d.next_frame(), Err(FrameError::TooLarge(u32::MAX as usize)));
+        assert_eq!(d.buffered(), 4);
+    }
+
+    #[test]
+    fn unknown_versions_and_truncation() {
+        let bytes = Frame::Hello {
+            version: 99,
+            have: vec![],
+        }
+        .encode();
+        let mut d = FrameDecoder::default();
+        d.push(&bytes);
+        assert_eq!(d.next_frame(), Err(FrameError::UnsupportedVersion(99)));
+        let bytes = Frame::Sync {
+            doc: DocId([1; 16]),
+            data: vec![1, 2, 3],
+        }
+        .encode();
+        let mut d = FrameDecoder::default();
+        d.push(&bytes[..bytes.len() - 1]);
+        assert_eq!(d.next_frame(), Ok(None));
+        // A length that claims less than the body: the rest is a malformed next frame.
+        let mut short = bytes.clone();
+        short[3] -= 2;
+        let mut d = FrameDecoder::default();
+        d.push(&short);
+        assert!(d.next_frame().is_err());
+    }
+
+    #[test]
+    fn bucket_refs_derive_their_id() {
+        let channel = DocId([4; 16]);
+        let r = DocRef::Bucket {
+            channel,
+            key: "2026-11-22.0".into(),
+        };
+        let key = "2026-11-22.0".parse().unwrap();
+        assert_eq!(r.id(), Some(crdt_model::bucket::bucket_id(channel, key)));
+        assert_eq!(
+            DocRef::Bucket {
+                channel,
+                key: "nope".into()
+            }
+            .id(),
+            None
+        );
+    }
+}
