@@ -10,6 +10,7 @@
 mod docs;
 mod project;
 mod query;
+mod replica;
 pub mod schema;
 pub mod sync;
 
@@ -27,6 +28,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 pub use docs::DocMeta;
 pub use query::{Author, ChannelRow, MemberRow, MessageRow, WorkspaceRow};
+pub use replica::Outgoing;
 
 use docs::DocCache;
 
@@ -76,6 +78,9 @@ pub enum StoreError {
     /// A channel with that name exists.
     #[error("a channel named #{0} already exists")]
     ChannelExists(String),
+    /// No member by that name.
+    #[error("no member named {0:?} in this workspace")]
+    UnknownMember(String),
     /// No message with that id.
     #[error("no message with id {0:?}")]
     UnknownMessage(String),
@@ -103,6 +108,8 @@ pub struct Store {
     views: HashMap<DocId, (Vec<automerge::ChangeHash>, WorkspaceView)>,
     /// Documents written since the last [`Store::maintain`].
     dirty: BTreeSet<DocId>,
+    /// Documents written locally since the last [`Store::take_local_changes`].
+    local: BTreeSet<DocId>,
 }
 
 impl std::fmt::Debug for Store {
@@ -140,6 +147,7 @@ impl Store {
             cache: DocCache::default(),
             views: HashMap::new(),
             dirty: BTreeSet::new(),
+            local: BTreeSet::new(),
         })
     }
 
@@ -226,6 +234,7 @@ impl Store {
         match outcome {
             Ok(r) => {
                 self.dirty.extend(changed.iter().copied());
+                self.local.extend(changed.iter().copied());
                 Ok((r, changed))
             }
             Err(e) => {

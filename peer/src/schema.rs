@@ -9,7 +9,7 @@ use rusqlite::Connection;
 use crate::StoreError;
 
 /// The schema version this build writes. A database with a newer one is refused.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 const V1: &str = r#"
 CREATE TABLE meta (
@@ -123,6 +123,23 @@ CREATE TRIGGER messages_au AFTER UPDATE OF text ON messages BEGIN
 END;
 "#;
 
+const V2: &str = r#"
+-- automerge::sync::State per (peer device, document), saved when a connection ends.
+CREATE TABLE sync_state (
+    peer  TEXT NOT NULL,
+    doc   TEXT NOT NULL,
+    state BLOB NOT NULL,
+    PRIMARY KEY (peer, doc)
+) STRICT, WITHOUT ROWID;
+
+-- Workspaces this node is joining: the inviter's device may connect and offer the workspace
+-- document before this node holds it.
+CREATE TABLE joining (
+    workspace TEXT PRIMARY KEY,
+    inviter   TEXT NOT NULL
+) STRICT;
+"#;
+
 /// Brings the database to [`SCHEMA_VERSION`], refusing one written by a newer build.
 pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
@@ -132,13 +149,16 @@ pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
             known: SCHEMA_VERSION,
         });
     }
-    if version < 1 {
+    for (target, sql) in [(1, V1), (2, V2)] {
+        if version >= target {
+            continue;
+        }
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         // Another process may have migrated while we waited for the write lock.
         let now: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-        if now < 1 {
-            tx.execute_batch(V1)?;
-            tx.pragma_update(None, "user_version", 1)?;
+        if now < target {
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", target)?;
         }
         tx.commit()?;
     }

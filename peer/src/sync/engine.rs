@@ -97,7 +97,13 @@ pub enum CloseReason {
 struct Peer {
     hello: bool,
     docs: HashMap<DocId, sync::State>,
+    /// Offers we could not take yet (a channel offered before the workspace document that
+    /// lists it arrived): retried on [`Event::PolicyChanged`].
+    deferred: Vec<DocRef>,
 }
+
+/// At most this many deferred offers per peer (a Hello is bounded by the frame size anyway).
+const MAX_DEFERRED: usize = 100_000;
 
 /// The sync engine of one node. See the module docs.
 #[derive(Debug, Default)]
@@ -201,6 +207,12 @@ impl Engine {
             }
             if host.doc(id).is_none() && (!host.may_accept(&peer, &r) || host.create(&r).is_none())
             {
+                if let Some(p) = self.peers.get_mut(&peer)
+                    && p.deferred.len() < MAX_DEFERRED
+                    && !p.deferred.contains(&r)
+                {
+                    p.deferred.push(r);
+                }
                 continue;
             }
             self.open(host, peer, id, out);
@@ -318,9 +330,15 @@ impl Engine {
     }
 
     fn local_change(&mut self, host: &mut impl Host, doc: DocId, out: &mut Vec<Action>) {
-        if host.doc(doc).is_some() {
-            self.fan_out(host, doc, None, out);
+        if host.doc(doc).is_none() {
+            return;
         }
+        // A workspace document carries membership: who may see what can have changed. Re-check
+        // first, so a removed member gets nothing of this change either.
+        if matches!(host.doc_ref(doc), Some(DocRef::Workspace { .. })) {
+            self.policy_changed(host, out);
+        }
+        self.fan_out(host, doc, None, out);
     }
 
     fn disconnected(&mut self, peer: DeviceId, out: &mut Vec<Action>) {
@@ -357,6 +375,8 @@ impl Engine {
                 p.docs.remove(&doc);
                 out.push(Action::Send(peer, Frame::Unavailable { doc }));
             }
+            let retry = std::mem::take(&mut p.deferred);
+            self.offered(host, peer, retry, out);
         }
     }
 }

@@ -7,3 +7,4 @@ mod errors;
 mod projection;
 mod prop;
 mod storage;
+mod sync;

@@ -1,0 +1,431 @@
+//! The store as the sync engine's [`Host`]: documents from the `DocCache`, the share policy
+//! from the verified projection, remote changes persisted and projected in the same
+//! transaction, and sync state saved per (peer, document).
+
+use automerge::Automerge;
+use crdt_model::bucket;
+use crdt_model::signed::{DeviceCert, Signed};
+use crdt_model::workspace;
+use crdt_model::{DeviceId, DocId, Role, device_actor};
+use rusqlite::{OptionalExtension, params};
+
+use crate::docs::{self, DocMeta};
+use crate::sync::engine::{Action, CloseReason, Engine, Event, Host};
+use crate::sync::protocol::{DocRef, Frame};
+use crate::{Store, StoreError, Writer, now_ms};
+
+/// What the runtime must do after the store handled a sync event: the transaction that made
+/// every received change durable has committed, so these may go out.
+#[derive(Debug)]
+pub enum Outgoing {
+    /// Send a frame to a peer.
+    Send(DeviceId, Frame),
+    /// Close the connection to a peer.
+    Close(DeviceId, CloseReason),
+}
+
+struct DocRow {
+    kind: String,
+    workspace: DocId,
+    channel: Option<DocId>,
+    bucket_key: Option<String>,
+}
+
+impl Writer<'_> {
+    fn doc_row(&self, id: DocId) -> Option<DocRow> {
+        let row: Option<(String, String, Option<String>, Option<String>)> = self
+            .tx
+            .prepare_cached("SELECT kind, workspace, channel, bucket_key FROM docs WHERE id = ?1")
+            .ok()?
+            .query_row([id.to_string()], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })
+            .optional()
+            .ok()?;
+        let (kind, ws, ch, key) = row?;
+        Some(DocRow {
+            kind,
+            workspace: ws.parse().ok()?,
+            channel: ch.and_then(|c| c.parse().ok()),
+            bucket_key: key,
+        })
+    }
+
+    /// The person a device belongs to as a current member of `ws`.
+    fn member_person(&self, ws: DocId, device: &DeviceId) -> Option<String> {
+        self.tx
+            .prepare_cached(
+                "SELECT d.person FROM devices d JOIN members m
+                   ON m.workspace = d.workspace AND m.person = d.person
+                 WHERE d.workspace = ?1 AND d.device = ?2 AND m.role != 'removed'",
+            )
+            .ok()?
+            .query_row(params![ws.to_string(), device.to_string()], |r| r.get(0))
+            .optional()
+            .ok()?
+    }
+
+    fn inviter_of(&self, ws: DocId) -> Option<String> {
+        self.tx
+            .prepare_cached("SELECT inviter FROM joining WHERE workspace = ?1")
+            .ok()?
+            .query_row([ws.to_string()], |r| r.get(0))
+            .optional()
+            .ok()?
+    }
+
+    fn channel_private(&self, channel: DocId) -> bool {
+        self.tx
+            .prepare_cached("SELECT private FROM channels WHERE id = ?1")
+            .ok()
+            .and_then(|mut s| {
+                s.query_row([channel.to_string()], |r| r.get::<_, bool>(0))
+                    .optional()
+                    .ok()
+            })
+            .flatten()
+            .unwrap_or(false)
+    }
+
+    fn allowed(&self, peer: &DeviceId, row: &DocRow) -> bool {
+        let Some(person) = self.member_person(row.workspace, peer) else {
+            // The inviter of a workspace we are joining may send us its documents.
+            return self.inviter_of(row.workspace) == Some(peer.to_string());
+        };
+        match row.channel {
+            // Private channels reach only their members; until private membership lists exist
+            // (issue 3) that is the creator's own devices.
+            Some(ch) if self.channel_private(ch) => person == self.me.person_id().to_string(),
+            _ => true,
+        }
+    }
+}
+
+impl Host for Writer<'_> {
+    fn doc(&mut self, id: DocId) -> Option<&mut Automerge> {
+        let me = self.me.device_id();
+        match self.cache.get(self.tx, id, &me) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(doc = %id, "not syncing a document that does not load: {e}");
+                None
+            }
+        }
+    }
+
+    fn doc_ref(&mut self, id: DocId) -> Option<DocRef> {
+        let row = self.doc_row(id)?;
+        Some(match row.kind.as_str() {
+            "workspace" => DocRef::Workspace { id },
+            "channel" => DocRef::Channel {
+                id,
+                workspace: row.workspace,
+            },
+            _ => DocRef::Bucket {
+                channel: row.channel?,
+                key: row.bucket_key?,
+            },
+        })
+    }
+
+    fn create(&mut self, r: &DocRef) -> Option<&mut Automerge> {
+        let id = r.id()?;
+        let meta = match r {
+            DocRef::Workspace { id } => DocMeta {
+                kind: "workspace",
+                workspace: *id,
+                channel: None,
+                bucket_key: None,
+            },
+            DocRef::Channel { id, workspace } => DocMeta {
+                kind: "channel",
+                workspace: *workspace,
+                channel: Some(*id),
+                bucket_key: None,
+            },
+            DocRef::Bucket { channel, key } => DocMeta {
+                kind: "bucket",
+                workspace: self.doc_row(*channel)?.workspace,
+                channel: Some(*channel),
+                bucket_key: Some(key.clone()),
+            },
+        };
+        let doc = Automerge::new().with_actor(device_actor(&self.me.device_id()));
+        if let Err(e) = docs::insert(self.tx, self.cache, id, &meta, doc) {
+            tracing::warn!(doc = %id, "could not create an offered document: {e}");
+            return None;
+        }
+        self.changed.push(id);
+        Host::doc(self, id)
+    }
+
+    fn may_connect(&mut self, peer: &DeviceId) -> bool {
+        let member: Option<i64> = self
+            .tx
+            .prepare_cached(
+                "SELECT 1 FROM devices d JOIN members m
+                   ON m.workspace = d.workspace AND m.person = d.person
+                 WHERE d.device = ?1 AND m.role != 'removed' LIMIT 1",
+            )
+            .ok()
+            .and_then(|mut s| {
+                s.query_row([peer.to_string()], |r| r.get(0))
+                    .optional()
+                    .ok()
+            })
+            .flatten();
+        if member.is_some() {
+            return true;
+        }
+        let inviter: Option<i64> = self
+            .tx
+            .prepare_cached("SELECT 1 FROM joining WHERE inviter = ?1 LIMIT 1")
+            .ok()
+            .and_then(|mut s| {
+                s.query_row([peer.to_string()], |r| r.get(0))
+                    .optional()
+                    .ok()
+            })
+            .flatten();
+        inviter.is_some()
+    }
+
+    fn may_share(&mut self, peer: &DeviceId, doc: DocId) -> bool {
+        match self.doc_row(doc) {
+            Some(row) => self.allowed(peer, &row),
+            // Not held: whether to take it is `may_accept`'s call.
+            None => true,
+        }
+    }
+
+    fn may_accept(&mut self, peer: &DeviceId, r: &DocRef) -> bool {
+        match r {
+            DocRef::Workspace { id } => self.inviter_of(*id) == Some(peer.to_string()),
+            DocRef::Channel { id, workspace } => {
+                let listed: Option<i64> = self
+                    .tx
+                    .prepare_cached("SELECT 1 FROM channels WHERE id = ?1 AND workspace = ?2")
+                    .ok()
+                    .and_then(|mut s| {
+                        s.query_row(params![id.to_string(), workspace.to_string()], |r| r.get(0))
+                            .optional()
+                            .ok()
+                    })
+                    .flatten();
+                listed.is_some()
+                    && self
+                        .doc_row(*workspace)
+                        .is_some_and(|row| self.allowed(peer, &row))
+            }
+            DocRef::Bucket { channel, key } => {
+                key.parse::<crdt_model::channel::BucketKey>().is_ok()
+                    && self
+                        .doc_row(*channel)
+                        .is_some_and(|row| row.kind == "channel" && self.allowed(peer, &row))
+            }
+        }
+    }
+
+    fn offer(&mut self, peer: &DeviceId) -> Vec<DocRef> {
+        let ids: Vec<String> = self
+            .tx
+            .prepare_cached(
+                "SELECT id FROM docs ORDER BY
+                   CASE kind WHEN 'workspace' THEN 0 WHEN 'channel' THEN 1 ELSE 2 END,
+                   bucket_key DESC, id",
+            )
+            .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+            .unwrap_or_default();
+        let mut refs = Vec::new();
+        for id in ids.into_iter().filter_map(|id| id.parse::<DocId>().ok()) {
+            if self.may_share(peer, id)
+                && let Some(r) = self.doc_ref(id)
+            {
+                refs.push(r);
+            }
+        }
+        refs
+    }
+
+    fn saved_state(&mut self, peer: &DeviceId, doc: DocId) -> Option<Vec<u8>> {
+        self.tx
+            .prepare_cached("SELECT state FROM sync_state WHERE peer = ?1 AND doc = ?2")
+            .ok()?
+            .query_row(params![peer.to_string(), doc.to_string()], |r| r.get(0))
+            .optional()
+            .ok()?
+    }
+}
+
+impl Writer<'_> {
+    /// Applies the engine's actions inside the transaction; returns what may go out after the
+    /// commit and whether the share policy may have changed.
+    fn apply(
+        &mut self,
+        actions: Vec<Action>,
+        out: &mut Vec<Outgoing>,
+    ) -> Result<(bool, Vec<DocId>), StoreError> {
+        let mut policy = false;
+        let mut local = Vec::new();
+        for a in actions {
+            match a {
+                Action::Send(p, f) => out.push(Outgoing::Send(p, f)),
+                Action::Close(p, r) => out.push(Outgoing::Close(p, r)),
+                Action::SaveState(peer, doc, state) => {
+                    self.tx
+                        .prepare_cached(
+                            "INSERT INTO sync_state (peer, doc, state) VALUES (?1, ?2, ?3)
+                             ON CONFLICT (peer, doc) DO UPDATE SET state = excluded.state",
+                        )?
+                        .execute(params![peer.to_string(), doc.to_string(), state])?;
+                }
+                Action::Changed {
+                    doc,
+                    before,
+                    patches,
+                } => {
+                    self.changed.push(doc);
+                    docs::persist(self.tx, self.cache, doc, &before)?;
+                    let Some(row) = self.doc_row(doc) else {
+                        continue;
+                    };
+                    match row.kind.as_str() {
+                        "workspace" => {
+                            self.project_workspace(doc)?;
+                            policy = true;
+                        }
+                        "bucket" => {
+                            let channel = row.channel.ok_or_else(|| {
+                                StoreError::Corrupt(format!("bucket {doc} has no channel"))
+                            })?;
+                            let mut touched = bucket::touched(&patches);
+                            let view = self.view(row.workspace)?;
+                            let at = now_ms();
+                            let purged = self.change(doc, |d| {
+                                bucket::purge_deleted_text(d, channel, &touched, &view, at)
+                            })?;
+                            if !purged.is_empty() {
+                                local.push(doc);
+                            }
+                            touched.extend(purged);
+                            self.project_bucket(row.workspace, channel, doc, Some(touched))?;
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        Ok((policy, local))
+    }
+}
+
+impl Store {
+    /// Runs one sync event through `engine` against this store, in one transaction: received
+    /// changes are persisted and projected, sync states saved, and only after the commit are the
+    /// frames returned for sending (durable before acknowledged).
+    pub fn sync_event(
+        &mut self,
+        engine: &mut Engine,
+        event: Event,
+    ) -> Result<Vec<Outgoing>, StoreError> {
+        // Documents changed by peers are not local changes: the engine fans those out itself.
+        let local = self.local.clone();
+        let result = self.write(|w| {
+            let mut out = Vec::new();
+            let mut next = vec![event];
+            // A workspace change can change who may see what: re-check, and push out
+            // documents this node changed itself (purged text). Bounded: neither produces more.
+            for _ in 0..4 {
+                let Some(e) = next.pop() else { break };
+                let actions = engine.handle(w, e);
+                let (policy, local) = w.apply(actions, &mut out)?;
+                if !local.is_empty() {
+                    next.push(Event::LocalChange(local));
+                }
+                if policy {
+                    next.push(Event::PolicyChanged);
+                }
+            }
+            Ok(out)
+        });
+        self.local = local;
+        Ok(result?.0)
+    }
+
+    /// Admits a person's device to the current workspace with `role` (owners and admins): its
+    /// certificate and a membership record, in one transaction.
+    pub fn admit(&mut self, cert: &Signed<DeviceCert>, role: Role) -> Result<(), StoreError> {
+        let ws = self.require_workspace()?;
+        if !crdt_model::identity::device_cert_valid(cert) {
+            return Err(crdt_model::ModelError::BadSignature.into());
+        }
+        let person = crdt_model::PersonId(cert.signer);
+        self.write(|w| {
+            let me = w.me;
+            let at = now_ms();
+            w.change(ws, |doc| workspace::put_device(doc, cert, at))?;
+            w.change(ws, |doc| workspace::set_role(doc, me, ws, person, role, at))?;
+            w.project_workspace(ws)
+        })?;
+        Ok(())
+    }
+
+    /// Changes a member's role in the current workspace (`Role::Removed` removes them). The
+    /// member is named by display name or person key.
+    pub fn set_role(&mut self, who: &str, role: Role) -> Result<(), StoreError> {
+        let ws = self.require_workspace()?;
+        let person: crdt_model::PersonId = match who.parse() {
+            Ok(p) => p,
+            Err(_) => {
+                let found: Vec<String> = self
+                    .conn
+                    .prepare_cached(
+                        "SELECT person FROM members WHERE workspace = ?1 AND name = ?2 COLLATE NOCASE
+                           AND role != 'removed'",
+                    )?
+                    .query_map(params![ws.to_string(), who], |r| r.get(0))?
+                    .collect::<Result<_, _>>()?;
+                match found.as_slice() {
+                    [one] => one.parse()?,
+                    [] => return Err(StoreError::UnknownMember(who.to_owned())),
+                    many => return Err(StoreError::Ambiguous(who.to_owned(), many.join(", "))),
+                }
+            }
+        };
+        self.write(|w| {
+            let me = w.me;
+            let at = now_ms();
+            w.change(ws, |doc| workspace::set_role(doc, me, ws, person, role, at))?;
+            w.project_workspace(ws)
+        })?;
+        Ok(())
+    }
+
+    /// Records that this node is joining `ws` through `inviter`'s device, which may then connect
+    /// and offer the workspace's documents.
+    pub fn expect_join(&mut self, ws: DocId, inviter: DeviceId) -> Result<(), StoreError> {
+        self.identity()?;
+        self.conn.execute(
+            "INSERT INTO joining (workspace, inviter) VALUES (?1, ?2)
+             ON CONFLICT (workspace) DO UPDATE SET inviter = excluded.inviter",
+            params![ws.to_string(), inviter.to_string()],
+        )?;
+        Ok(())
+    }
+
+    /// Sets my display name in a workspace (after joining, so others see who I am).
+    pub fn set_profile(&mut self, ws: DocId, name: &str) -> Result<(), StoreError> {
+        self.write(|w| {
+            let me = w.me;
+            let at = now_ms();
+            w.change(ws, |doc| workspace::set_profile(doc, me, ws, name, at))?;
+            w.project_workspace(ws)
+        })?;
+        Ok(())
+    }
+
+    /// Documents written by the last local writes, for [`Event::LocalChange`]. Taken once.
+    pub fn take_local_changes(&mut self) -> Vec<DocId> {
+        std::mem::take(&mut self.local).into_iter().collect()
+    }
+}
