@@ -18,6 +18,7 @@ pub mod bucket;
 pub mod channel;
 pub mod identity;
 pub mod ids;
+pub mod invite;
 pub mod mentions;
 pub mod signed;
 pub mod workspace;
@@ -75,6 +76,9 @@ pub enum ModelError {
     /// The document is not of the expected kind or shape.
     #[error("document is not a valid {0} document")]
     WrongDocument(&'static str),
+    /// An invite ticket past its expiry.
+    #[error("this invite has expired; ask for a new one")]
+    Expired,
     /// Automerge refused an operation.
     #[error(transparent)]
     Automerge(#[from] automerge::AutomergeError),

@@ -401,6 +401,119 @@ impl Store {
         Ok(())
     }
 
+    /// Issues an invite ticket to the current workspace (owners and admins), valid for `ttl_ms`,
+    /// naming `addrs` as where this node listens.
+    pub fn invite(
+        &mut self,
+        role: Role,
+        ttl_ms: i64,
+        addrs: Vec<String>,
+    ) -> Result<String, StoreError> {
+        let ws = self.require_workspace()?;
+        let me = self.identity()?.clone();
+        let mine = self.my_role(ws)?;
+        if mine < Role::Admin {
+            return Err(crdt_model::ModelError::NotAllowed("only owners and admins invite").into());
+        }
+        if !(Role::Member..=Role::Admin).contains(&role) {
+            return Err(crdt_model::ModelError::NotAllowed("invites grant member or admin").into());
+        }
+        if ttl_ms <= 0 {
+            return Err(
+                crdt_model::ModelError::Malformed("an invite must be valid for some time").into(),
+            );
+        }
+        let name: String = self.conn.query_row(
+            "SELECT name FROM workspaces WHERE id = ?1",
+            [ws.to_string()],
+            |r| r.get(0),
+        )?;
+        let invite = crdt_model::invite::Invite {
+            workspace: ws,
+            workspace_name: name,
+            inviter: me.device_id(),
+            addrs,
+            role,
+            expires_ms: now_ms().saturating_add(ttl_ms),
+            nonce: crate::random(),
+        };
+        self.conn.execute(
+            "INSERT INTO invites (nonce, workspace, role, expires_ms) VALUES (?1, ?2, ?3, ?4)",
+            params![
+                hex::encode(invite.nonce),
+                ws.to_string(),
+                role.as_str(),
+                invite.expires_ms
+            ],
+        )?;
+        Ok(crdt_model::invite::encode(&Signed::sign(
+            &me.device, invite,
+        )))
+    }
+
+    /// Redeems a ticket this node issued, for the device whose certificate is `cert`: checks it
+    /// is ours, unexpired and unused, then admits the device with the ticket's role. One
+    /// transaction: a ticket is used at most once even with two joiners racing.
+    pub fn redeem(&mut self, ticket: &str, cert: &[u8]) -> Result<DocId, StoreError> {
+        let me = self.identity()?.clone();
+        let t = crdt_model::invite::decode(ticket, now_ms())?;
+        if t.payload.inviter != me.device_id() {
+            return Err(crdt_model::ModelError::NotAllowed(
+                "this ticket was issued by another device",
+            )
+            .into());
+        }
+        let cert = Signed::<DeviceCert>::decode(cert)?;
+        if !crdt_model::identity::device_cert_valid(&cert) {
+            return Err(crdt_model::ModelError::BadSignature.into());
+        }
+        let ws = t.payload.workspace;
+        let role = t.payload.role;
+        let nonce = hex::encode(t.payload.nonce);
+        let person = crdt_model::PersonId(cert.signer);
+        self.write(|w| {
+            let used: Option<Option<String>> =
+                w.tx.query_row(
+                    "SELECT used_by FROM invites WHERE nonce = ?1",
+                    [&nonce],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            match used {
+                None => return Err(crdt_model::ModelError::NotAllowed("unknown ticket").into()),
+                Some(Some(_)) => {
+                    return Err(
+                        crdt_model::ModelError::NotAllowed("this invite was already used").into(),
+                    );
+                }
+                Some(None) => {}
+            }
+            w.tx.execute(
+                "UPDATE invites SET used_by = ?1, used_ms = ?2 WHERE nonce = ?3",
+                params![cert.payload.device.to_string(), now_ms(), nonce],
+            )?;
+            let me = w.me;
+            let at = now_ms();
+            w.change(ws, |doc| workspace::put_device(doc, &cert, at))?;
+            w.change(ws, |doc| workspace::set_role(doc, me, ws, person, role, at))?;
+            w.project_workspace(ws)
+        })?;
+        Ok(ws)
+    }
+
+    fn my_role(&self, ws: DocId) -> Result<Role, StoreError> {
+        let me = self.identity()?.person_id().to_string();
+        let r: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT role FROM members WHERE workspace = ?1 AND person = ?2",
+                params![ws.to_string(), me],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(r.and_then(|r| r.parse().ok()).unwrap_or(Role::Removed))
+    }
+
     /// Records that this node is joining `ws` through `inviter`'s device, which may then connect
     /// and offer the workspace's documents.
     pub fn expect_join(&mut self, ws: DocId, inviter: DeviceId) -> Result<(), StoreError> {

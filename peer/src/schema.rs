@@ -138,6 +138,16 @@ CREATE TABLE joining (
     workspace TEXT PRIMARY KEY,
     inviter   TEXT NOT NULL
 ) STRICT;
+
+-- Invites this node issued: single use, so redemption is recorded.
+CREATE TABLE invites (
+    nonce      TEXT PRIMARY KEY,
+    workspace  TEXT NOT NULL,
+    role       TEXT NOT NULL,
+    expires_ms INTEGER NOT NULL,
+    used_by    TEXT,
+    used_ms    INTEGER
+) STRICT;
 "#;
 
 /// Brings the database to [`SCHEMA_VERSION`], refusing one written by a newer build.

@@ -89,8 +89,10 @@ pub enum CloseReason {
     NotAllowed,
     /// The peer sent something that is not a valid sync message.
     BadMessage(String),
-    /// The peer sent a second Hello.
+    /// The peer broke the protocol (a second Hello, a Join mid-connection).
     Protocol(&'static str),
+    /// The peer refused us, with its reason.
+    Refused(String),
 }
 
 #[derive(Debug, Default)]
@@ -241,6 +243,12 @@ impl Engine {
                 p.docs.remove(&doc);
             }
             Frame::Sync { doc, data } => self.sync(host, peer, doc, &data, out),
+            // Joining happens before the engine sees a connection (the runtime redeems the
+            // ticket, then reports `Connected`); here it is out of place.
+            Frame::Join { .. } => {
+                self.close(peer, CloseReason::Protocol("Join mid-connection"), out)
+            }
+            Frame::Refused { reason } => self.close(peer, CloseReason::Refused(reason), out),
         }
     }
 

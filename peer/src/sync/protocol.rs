@@ -86,6 +86,19 @@ pub enum Frame {
         /// The document.
         doc: DocId,
     },
+    /// First frame of a joining device, before its Hello: an invite ticket and the joiner's
+    /// device certificate (`Signed<DeviceCert>` bytes).
+    Join {
+        /// The ticket text.
+        ticket: String,
+        /// The joiner's device certificate.
+        cert: Vec<u8>,
+    },
+    /// The receiver refuses the connection (a bad ticket, not a member); it closes next.
+    Refused {
+        /// Why, for people.
+        reason: String,
+    },
 }
 
 /// Why bytes are not a frame.

@@ -261,3 +261,95 @@ fn a_removed_member_gets_nothing_new() {
         .collect();
     assert_eq!(members, vec!["alice".to_string()]);
 }
+
+#[test]
+fn invites_are_signed_single_use_and_expire() {
+    let mut alice = Node::new("alice");
+    let ws = alice.store.create_workspace("acme").unwrap();
+    let mut bob = Node::new("bob");
+    let mut carol = Node::new("carol");
+    let ticket = alice
+        .store
+        .invite(Role::Member, 60_000, vec!["127.0.0.1:1".into()])
+        .unwrap();
+    let bob_cert = bob
+        .store
+        .identity()
+        .unwrap()
+        .device_cert("laptop", 1)
+        .to_bytes();
+    let carol_cert = carol
+        .store
+        .identity()
+        .unwrap()
+        .device_cert("laptop", 1)
+        .to_bytes();
+    // A ticket is only good at the node that issued it.
+    let err = carol
+        .store
+        .create_workspace("other")
+        .and_then(|_| carol.store.redeem(&ticket, &bob_cert));
+    assert!(err.unwrap_err().to_string().contains("another device"));
+    assert_eq!(alice.store.redeem(&ticket, &bob_cert).unwrap(), ws);
+    let again = alice
+        .store
+        .redeem(&ticket, &carol_cert)
+        .unwrap_err()
+        .to_string();
+    assert!(again.contains("already used"), "{again}");
+    // A forged certificate is refused and the ticket stays unused.
+    let t2 = alice.store.invite(Role::Admin, 60_000, vec![]).unwrap();
+    let mut forged = carol_cert.clone();
+    let last = forged.len() - 1;
+    forged[last] ^= 1;
+    assert!(alice.store.redeem(&t2, &forged).is_err());
+    alice.store.redeem(&t2, &carol_cert).unwrap();
+    let roles: Vec<(String, String)> = alice
+        .store
+        .members()
+        .unwrap()
+        .into_iter()
+        .map(|m| (m.name.chars().take(8).collect(), m.role))
+        .collect();
+    assert!(roles.iter().any(|(_, r)| r == "admin"));
+    assert_eq!(roles.len(), 3);
+    // Expired.
+    let t3 = alice.store.invite(Role::Member, 1, vec![]).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(5)); // let the 1 ms validity pass (the clock is the input here)
+    let expired = alice.store.redeem(&t3, &bob_cert).unwrap_err().to_string();
+    assert!(expired.contains("expired"), "{expired}");
+    // Members do not invite; nobody invites owners.
+    bob.store.expect_join(ws, alice.device()).unwrap();
+    assert!(alice.store.invite(Role::Owner, 60_000, vec![]).is_err());
+    assert!(alice.store.invite(Role::Member, 0, vec![]).is_err());
+}
+
+#[test]
+fn joining_by_ticket_then_syncing() {
+    let (mut nodes, mut wire, ws, ch) = {
+        let mut alice = Node::new("alice");
+        let ws = alice.store.create_workspace("acme").unwrap();
+        let ch = alice.store.create_channel("general", "", false).unwrap();
+        alice.store.post(ch, "first", None, None).unwrap();
+        alice.store.take_local_changes();
+        (vec![alice, Node::new("bob")], Wire::default(), ws, ch)
+    };
+    let ticket = nodes[0].store.invite(Role::Member, 60_000, vec![]).unwrap();
+    let decoded = crdt_model::invite::decode(&ticket, peer::now_ms()).unwrap();
+    nodes[1]
+        .store
+        .expect_join(decoded.payload.workspace, decoded.payload.inviter)
+        .unwrap();
+    let cert = nodes[1]
+        .store
+        .identity()
+        .unwrap()
+        .device_cert("laptop", 1)
+        .to_bytes();
+    nodes[0].store.redeem(&ticket, &cert).unwrap();
+    connect(&mut nodes, &mut wire, 0, 1);
+    settle(&mut nodes, &mut wire);
+    nodes[1].store.use_workspace(ws).unwrap();
+    assert_eq!(timeline(&nodes[1].store, ch).len(), 1);
+    let _ = ws;
+}
