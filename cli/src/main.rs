@@ -4,6 +4,7 @@
 //! per command for scripts. Errors go to stderr as one line and exit with status 1 (usage
 //! errors: 2); nothing is changed by a command that fails.
 
+mod net;
 mod output;
 
 use std::io::Write;
@@ -97,6 +98,37 @@ enum Command {
         #[arg(long)]
         remove: bool,
     },
+    /// Run this home's always-on node: sync with peers until Ctrl-C. Other `flyt` commands on
+    /// this home keep working meanwhile; the node picks up their writes within 100 ms.
+    Serve {
+        /// UDP address to listen on.
+        #[arg(long, default_value = "0.0.0.0:0")]
+        bind: std::net::SocketAddr,
+    },
+    /// Print an invite ticket for the current workspace (needs `flyt serve` running).
+    Invite {
+        /// How long the ticket is valid: e.g. 30m, 24h, 7d.
+        #[arg(long, default_value = "24h", value_parser = parse_duration)]
+        expires: std::time::Duration,
+        /// The role the new member gets.
+        #[arg(long, default_value = "member")]
+        role: String,
+    },
+    /// Join a workspace with an invite ticket, and fetch it.
+    Join {
+        /// The ticket (starts with flyt1).
+        ticket: String,
+        /// UDP address to use.
+        #[arg(long, default_value = "0.0.0.0:0")]
+        bind: std::net::SocketAddr,
+    },
+    /// Print messages of a channel as they arrive (Ctrl-C to stop).
+    Tail {
+        /// Channel: `general`, `#general` or a channel id.
+        channel: String,
+    },
+    /// Show this home's node, peers and documents.
+    Status,
     /// Search messages in the current workspace, newest first.
     Search {
         /// Words to find (the last one also matches as a prefix).
@@ -147,6 +179,37 @@ enum ChannelCmd {
 enum MemberCmd {
     /// List members and their roles.
     List,
+    /// Change a member's role (owners and admins).
+    Role {
+        /// Display name or key.
+        name: String,
+        /// admin or member.
+        role: String,
+    },
+    /// Remove a member (owners and admins): their devices get nothing new.
+    Remove {
+        /// Display name or key.
+        name: String,
+    },
+}
+
+/// Parses `90s`, `30m`, `24h`, `7d`.
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 30m, 24h or 7d"))?;
+    let secs = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3_600,
+        "d" => 86_400,
+        _ => return Err(format!("{s:?} is not a duration like 30m, 24h or 7d")),
+    };
+    if n == 0 {
+        return Err("a duration must be more than zero".into());
+    }
+    Ok(std::time::Duration::from_secs(n.saturating_mul(secs)))
 }
 
 fn default_home() -> Result<PathBuf> {
@@ -230,6 +293,54 @@ fn run(cli: Cli, out: &mut output::Out) -> Result<()> {
             store.identity()?;
             let rows = store.members()?;
             out.members(&rows)?;
+        }
+        Command::Member(MemberCmd::Role { name, role }) => {
+            store.identity()?;
+            let role: crdt_model::Role = match role.as_str() {
+                "admin" | "member" => role.parse()?,
+                _ => anyhow::bail!("a role is admin or member (got {role:?})"),
+            };
+            store.set_role(&name, role)?;
+            out.members(&store.members()?)?;
+        }
+        Command::Member(MemberCmd::Remove { name }) => {
+            store.identity()?;
+            store.set_role(&name, crdt_model::Role::Removed)?;
+            out.members(&store.members()?)?;
+        }
+        Command::Serve { bind } => {
+            store.identity()?;
+            drop(store);
+            return net::serve(&home, bind, out);
+        }
+        Command::Invite { expires, role } => {
+            store.identity()?;
+            let role: crdt_model::Role = match role.as_str() {
+                "admin" | "member" => role.parse()?,
+                _ => anyhow::bail!("an invite grants admin or member (got {role:?})"),
+            };
+            let addrs = store.listen_addrs()?;
+            if addrs.is_empty() {
+                anyhow::bail!(
+                    "no node is running for this home: start `flyt serve` first, so the ticket says where to reach you"
+                );
+            }
+            let ticket = store.invite(role, expires.as_millis() as i64, addrs)?;
+            out.ticket(&ticket)?;
+        }
+        Command::Join { ticket, bind } => {
+            store.identity()?;
+            drop(store);
+            return net::join(&home, &ticket, bind, out);
+        }
+        Command::Tail { channel } => {
+            store.identity()?;
+            let ch = store.find_channel(&channel)?;
+            return net::tail(store, ch, out);
+        }
+        Command::Status => {
+            store.identity()?;
+            out.status(&store.status()?)?;
         }
         Command::Send {
             channel,

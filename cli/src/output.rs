@@ -176,6 +176,115 @@ impl Out {
         Ok(())
     }
 
+    pub fn ticket(&mut self, ticket: &str) -> Result<()> {
+        if self.json {
+            return self.json(&json!({ "ticket": ticket }));
+        }
+        writeln!(self.out, "{ticket}")?;
+        Ok(())
+    }
+
+    pub fn serving(&mut self, id: &str, addrs: &[std::net::SocketAddr]) -> Result<()> {
+        if self.json {
+            self.line(&json!({ "type": "serving", "id": id, "addrs": addrs }))?;
+            return Ok(());
+        }
+        let list: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+        writeln!(self.out, "Flyt node {id}")?;
+        writeln!(self.out, "listening on {}", list.join(", "))?;
+        writeln!(
+            self.out,
+            "Invite someone with `flyt invite` in another terminal. Ctrl-C stops."
+        )?;
+        self.out.flush()?;
+        Ok(())
+    }
+
+    pub fn peer_event(&mut self, what: &str, peer: &str) -> Result<()> {
+        if self.json {
+            return self.line(&json!({ "type": "peer", "event": what, "device": peer }));
+        }
+        writeln!(self.out, "peer {} {what}", &peer[..12.min(peer.len())])?;
+        self.out.flush()?;
+        Ok(())
+    }
+
+    pub fn note(&mut self, text: &str) -> Result<()> {
+        if !self.json {
+            writeln!(self.out, "{text}")?;
+            self.out.flush()?;
+        }
+        Ok(())
+    }
+
+    pub fn joined(&mut self, name: &str, id: &str, channels: usize) -> Result<()> {
+        if self.json {
+            return self.json(&json!({ "workspace": name, "id": id, "channels": channels }));
+        }
+        writeln!(
+            self.out,
+            "Joined {name} ({channels} channels). It is now your current workspace."
+        )?;
+        writeln!(self.out, "Run `flyt serve` to stay in sync.")?;
+        Ok(())
+    }
+
+    pub fn status(&mut self, st: &peer::Status) -> Result<()> {
+        if self.json {
+            return self.json(st);
+        }
+        if st.node_running {
+            writeln!(
+                self.out,
+                "node     running, listening on {}",
+                st.listen.join(", ")
+            )?;
+        } else {
+            writeln!(self.out, "node     not running (`flyt serve` starts it)")?;
+        }
+        writeln!(
+            self.out,
+            "data     {} workspaces, {} channels, {} buckets, {} messages",
+            st.workspaces, st.channels, st.buckets, st.messages
+        )?;
+        if st.peers.is_empty() {
+            writeln!(self.out, "peers    none yet")?;
+        }
+        for p in &st.peers {
+            writeln!(
+                self.out,
+                "peer     {:<12} {}  {} documents synced  {}",
+                p.name.as_deref().unwrap_or("?"),
+                &p.device[..12],
+                p.synced_documents,
+                self.paint("2", &p.addrs.join(" "))
+            )?;
+        }
+        Ok(())
+    }
+
+    /// One line of `tail` output: a JSON object per line, or the rendered message.
+    pub fn tail_message(&mut self, kind: &str, m: &MessageRow) -> Result<()> {
+        if self.json {
+            let mut v = serde_json::to_value(m)?;
+            v["type"] = json!(kind);
+            return self.line(&v);
+        }
+        if kind != "message" {
+            writeln!(self.out, "{}", self.paint("2", &format!("── {kind}:")))?;
+        }
+        self.render(m, false)?;
+        self.out.flush()?;
+        Ok(())
+    }
+
+    fn line(&mut self, v: &serde_json::Value) -> Result<()> {
+        serde_json::to_writer(&mut self.out, v)?;
+        writeln!(self.out)?;
+        self.out.flush()?;
+        Ok(())
+    }
+
     pub fn sent(&mut self, m: &MessageRow) -> Result<()> {
         if self.json {
             return self.json(m);

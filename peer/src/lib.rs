@@ -8,6 +8,8 @@
 #![deny(missing_docs)]
 
 mod docs;
+pub mod net;
+pub mod node;
 mod project;
 mod query;
 mod replica;
@@ -28,7 +30,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 pub use docs::DocMeta;
 pub use query::{Author, ChannelRow, MemberRow, MessageRow, WorkspaceRow};
-pub use replica::Outgoing;
+pub use replica::{Outgoing, PeerStatus, Status};
 
 use docs::DocCache;
 
@@ -110,6 +112,8 @@ pub struct Store {
     dirty: BTreeSet<DocId>,
     /// Documents written locally since the last [`Store::take_local_changes`].
     local: BTreeSet<DocId>,
+    /// (data_version, max chunk seq) at the last [`Store::external_changes`].
+    external: Option<(i64, i64)>,
 }
 
 impl std::fmt::Debug for Store {
@@ -148,6 +152,7 @@ impl Store {
             views: HashMap::new(),
             dirty: BTreeSet::new(),
             local: BTreeSet::new(),
+            external: None,
         })
     }
 

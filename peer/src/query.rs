@@ -455,6 +455,14 @@ impl Store {
         self.finish(rows)
     }
 
+    /// SQLite's `data_version`: changes whenever another connection commits (for live views
+    /// that watch the database).
+    pub fn data_version(&self) -> Result<i64, StoreError> {
+        Ok(self
+            .conn
+            .query_row("PRAGMA data_version", [], |r| r.get(0))?)
+    }
+
     /// Marks a channel read up to its newest message.
     pub fn mark_read(&mut self, channel: DocId) -> Result<(), StoreError> {
         self.conn.execute(

@@ -14,6 +14,38 @@ use crate::sync::engine::{Action, CloseReason, Engine, Event, Host};
 use crate::sync::protocol::{DocRef, Frame};
 use crate::{Store, StoreError, Writer, now_ms};
 
+/// `flyt status`: this home's node, peers and documents.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Status {
+    /// Whether a node recorded listening addresses (it clears them when it stops).
+    pub node_running: bool,
+    /// Where it listens.
+    pub listen: Vec<String>,
+    /// Known peers.
+    pub peers: Vec<PeerStatus>,
+    /// Workspace documents held.
+    pub workspaces: i64,
+    /// Channel documents held.
+    pub channels: i64,
+    /// Bucket documents held.
+    pub buckets: i64,
+    /// Messages in the projection.
+    pub messages: i64,
+}
+
+/// One known peer.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PeerStatus {
+    /// Its device id.
+    pub device: String,
+    /// Its person's display name, if known.
+    pub name: Option<String>,
+    /// Its last known addresses.
+    pub addrs: Vec<String>,
+    /// Documents with a saved sync state for it.
+    pub synced_documents: i64,
+}
+
 /// What the runtime must do after the store handled a sync event: the transaction that made
 /// every received change durable has committed, so these may go out.
 #[derive(Debug)]
@@ -22,6 +54,8 @@ pub enum Outgoing {
     Send(DeviceId, Frame),
     /// Close the connection to a peer.
     Close(DeviceId, CloseReason),
+    /// A peer's changes to this document are now durable and projected (for live views).
+    Changed(DocId),
 }
 
 struct DocRow {
@@ -285,6 +319,7 @@ impl Writer<'_> {
                     patches,
                 } => {
                     self.changed.push(doc);
+                    out.push(Outgoing::Changed(doc));
                     docs::persist(self.tx, self.cache, doc, &before)?;
                     let Some(row) = self.doc_row(doc) else {
                         continue;
@@ -512,6 +547,120 @@ impl Store {
             )
             .optional()?;
         Ok(r.and_then(|r| r.parse().ok()).unwrap_or(Role::Removed))
+    }
+
+    /// Documents other processes (another `flyt` command on this home) changed since the last
+    /// call: `PRAGMA data_version` moves only when another connection commits, so this costs
+    /// one pragma when nothing happened. The first call only takes the current position.
+    pub fn external_changes(&mut self) -> Result<Vec<DocId>, StoreError> {
+        let version: i64 = self
+            .conn
+            .query_row("PRAGMA data_version", [], |r| r.get(0))?;
+        let max: i64 =
+            self.conn
+                .query_row("SELECT coalesce(max(seq), 0) FROM doc_chunks", [], |r| {
+                    r.get(0)
+                })?;
+        let Some((seen_version, seen_seq)) = self.external else {
+            self.external = Some((version, max));
+            return Ok(Vec::new());
+        };
+        if version == seen_version {
+            return Ok(Vec::new());
+        }
+        let docs: Vec<String> = self
+            .conn
+            .prepare_cached("SELECT DISTINCT doc FROM doc_chunks WHERE seq > ?1 ORDER BY doc")?
+            .query_map([seen_seq], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        self.external = Some((version, max));
+        docs.into_iter().map(|d| Ok(d.parse()?)).collect()
+    }
+
+    /// What this home's node is doing, from the database (works with or without a running
+    /// node).
+    pub fn status(&self) -> Result<Status, StoreError> {
+        let listen = self.listen_addrs()?;
+        let mut peers = Vec::new();
+        for (device, addrs) in self.known_peers()? {
+            let (name, synced): (Option<String>, i64) = self.conn.query_row(
+                "SELECT (SELECT m.name FROM devices d JOIN members m
+                           ON m.workspace = d.workspace AND m.person = d.person
+                         WHERE d.device = ?1 LIMIT 1),
+                        (SELECT count(*) FROM sync_state WHERE peer = ?1)",
+                [device.to_string()],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            peers.push(PeerStatus {
+                device: device.to_string(),
+                name,
+                addrs,
+                synced_documents: synced,
+            });
+        }
+        let count = |sql: &str| -> Result<i64, StoreError> {
+            Ok(self.conn.query_row(sql, [], |r| r.get(0))?)
+        };
+        Ok(Status {
+            node_running: !listen.is_empty(),
+            listen,
+            peers,
+            workspaces: count("SELECT count(*) FROM docs WHERE kind = 'workspace'")?,
+            channels: count("SELECT count(*) FROM docs WHERE kind = 'channel'")?,
+            buckets: count("SELECT count(*) FROM docs WHERE kind = 'bucket'")?,
+            messages: count("SELECT count(*) FROM messages")?,
+        })
+    }
+
+    /// Remembers a peer to keep connected to and where it listens.
+    pub fn remember_peer(&mut self, device: DeviceId, addrs: &[String]) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO peers (device, addrs, updated_ms) VALUES (?1, ?2, ?3)
+             ON CONFLICT (device) DO UPDATE SET addrs = excluded.addrs, updated_ms = excluded.updated_ms",
+            params![device.to_string(), addrs.join(" "), now_ms()],
+        )?;
+        Ok(())
+    }
+
+    /// Peers this node keeps connected to, with their last known addresses.
+    pub fn known_peers(&self) -> Result<Vec<(DeviceId, Vec<String>)>, StoreError> {
+        let rows: Vec<(String, String)> = self
+            .conn
+            .prepare_cached("SELECT device, addrs FROM peers ORDER BY device")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        rows.into_iter()
+            .map(|(d, a)| {
+                Ok((
+                    d.parse()?,
+                    a.split_whitespace().map(str::to_owned).collect(),
+                ))
+            })
+            .collect()
+    }
+
+    /// Records where this home's running node listens (for invite tickets); empty when it stops.
+    pub fn set_listen_addrs(&mut self, addrs: &[String]) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO meta (key, value) VALUES ('listen', ?1)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            [addrs.join(" ")],
+        )?;
+        Ok(())
+    }
+
+    /// Where this home's node listens, if one is running (or ran and did not clear it).
+    pub fn listen_addrs(&self) -> Result<Vec<String>, StoreError> {
+        let v: Option<String> = self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = 'listen'", [], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        Ok(v.unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect())
     }
 
     /// Records that this node is joining `ws` through `inviter`'s device, which may then connect

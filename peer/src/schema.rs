@@ -139,6 +139,14 @@ CREATE TABLE joining (
     inviter   TEXT NOT NULL
 ) STRICT;
 
+-- Peers to keep connected to (device -> its last known addresses), and this node's own
+-- listening addresses (written by a running node, read by `flyt invite`).
+CREATE TABLE peers (
+    device     TEXT PRIMARY KEY,
+    addrs      TEXT NOT NULL,
+    updated_ms INTEGER NOT NULL
+) STRICT;
+
 -- Invites this node issued: single use, so redemption is recorded.
 CREATE TABLE invites (
     nonce      TEXT PRIMARY KEY,

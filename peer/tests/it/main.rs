@@ -4,6 +4,7 @@ mod chat;
 mod common;
 mod concurrency;
 mod errors;
+mod node;
 mod projection;
 mod prop;
 mod storage;

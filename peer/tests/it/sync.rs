@@ -61,6 +61,7 @@ fn event(nodes: &mut [Node], wire: &mut Wire, i: usize, e: Event) {
                 wire.closed.push((i, reason));
                 disconnect(nodes, wire, i, j);
             }
+            Outgoing::Changed(_) => {}
         }
     }
 }

@@ -1,0 +1,574 @@
+//! The running node: the sync engine and the store on one dedicated thread, the iroh transport
+//! and one task per connection around them.
+//!
+//! ```text
+//!  connection tasks ──Cmd──▶ store thread (Store + Engine) ──frames──▶ connection tasks
+//!  Node::call / join ─Cmd──▶        │ commits before any frame leaves
+//! ```
+//!
+//! The store thread is the only place that touches SQLite or the engine: no locks, and the async
+//! runtime never blocks on the database. Every event is one SQLite transaction; the frames it
+//! produces are handed to connection tasks only after it committed (durable before
+//! acknowledged). When idle, the thread runs `Store::maintain`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crdt_model::{DeviceId, DocId};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::net::{Conn, NetError, PeerAddr, Transport};
+use crate::sync::engine::{Engine, Event};
+use crate::sync::protocol::Frame;
+use crate::{Outgoing, Store, StoreError};
+
+/// How long a dial may take before it counts as failed.
+pub const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Errors of the running node.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// The store refused or failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The network failed.
+    #[error(transparent)]
+    Net(#[from] NetError),
+    /// The peer refused us.
+    #[error("refused by the peer: {0}")]
+    Refused(String),
+    /// The node is shutting down.
+    #[error("the node has stopped")]
+    Stopped,
+    /// Something did not happen in time.
+    #[error("timed out: {0}")]
+    Timeout(&'static str),
+}
+
+/// What the node tells observers (the CLI's `tail`, the app, tests waiting without sleeps).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeEvent {
+    /// A peer's changes to a document are durable and projected.
+    Changed(DocId),
+    /// A local write was made (and pushed to connected peers).
+    LocalWrite(Vec<DocId>),
+    /// A peer connected (after any join handshake).
+    PeerUp(DeviceId),
+    /// A peer's connection ended.
+    PeerDown(DeviceId),
+}
+
+type Job = Box<dyn FnOnce(&mut Store) + Send>;
+
+enum Cmd {
+    /// A connection is up: frames for `peer` go to `tx`.
+    Up {
+        peer: DeviceId,
+        conn_id: u64,
+        tx: mpsc::UnboundedSender<Frame>,
+    },
+    Frame(DeviceId, Frame),
+    Down {
+        peer: DeviceId,
+        conn_id: u64,
+    },
+    /// Run something against the store, then push any local changes.
+    Call(Job),
+    /// Redeem a joiner's ticket (inviter side).
+    Redeem {
+        ticket: String,
+        cert: Vec<u8>,
+        reply: oneshot::Sender<Result<DocId, StoreError>>,
+    },
+    /// Look for writes by other processes on this home.
+    Tick,
+    Stop,
+}
+
+/// How often a node looks for writes by other `flyt` processes on its home.
+pub const EXTERNAL_POLL: Duration = Duration::from_millis(100);
+
+/// Where the node keeps its data and listens.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// The SQLite database.
+    pub db: PathBuf,
+    /// UDP address for the iroh endpoint, e.g. `127.0.0.1:0`.
+    pub bind: SocketAddr,
+}
+
+/// A running node. Call [`Node::shutdown`] to stop it cleanly.
+#[derive(Debug)]
+pub struct Node {
+    cmd: mpsc::UnboundedSender<Cmd>,
+    events: broadcast::Sender<NodeEvent>,
+    transport: Arc<Transport>,
+    cancel: CancellationToken,
+    tasks: tokio_util::task::TaskTracker,
+    store_thread: Option<std::thread::JoinHandle<()>>,
+    _accept: AbortOnDropHandle<()>,
+}
+
+struct Connections {
+    /// peer -> (connection id, frames to send)
+    live: HashMap<DeviceId, (u64, mpsc::UnboundedSender<Frame>)>,
+}
+
+fn store_thread(
+    mut store: Store,
+    mut rx: mpsc::UnboundedReceiver<Cmd>,
+    events: broadcast::Sender<NodeEvent>,
+) {
+    let mut engine = Engine::new();
+    let mut conns = Connections {
+        live: HashMap::new(),
+    };
+    let run = |store: &mut Store, engine: &mut Engine, conns: &mut Connections, ev: Event| {
+        match store.sync_event(engine, ev) {
+            Ok(out) => {
+                for o in out {
+                    match o {
+                        Outgoing::Send(peer, f) => {
+                            if let Some((_, tx)) = conns.live.get(&peer) {
+                                let _ = tx.send(f);
+                            }
+                        }
+                        Outgoing::Close(peer, reason) => {
+                            debug!(%peer, ?reason, "closing");
+                            // Dropping the sender ends the writer task, which closes the link.
+                            conns.live.remove(&peer);
+                        }
+                        Outgoing::Changed(doc) => {
+                            let _ = events.send(NodeEvent::Changed(doc));
+                        }
+                    }
+                }
+            }
+            Err(e) => warn!("sync event failed: {e:#}"),
+        }
+    };
+    loop {
+        let cmd = match rx.try_recv() {
+            Ok(c) => c,
+            Err(mpsc::error::TryRecvError::Empty) => {
+                // Idle: upkeep, then wait.
+                if let Err(e) = store.maintain() {
+                    warn!("storage upkeep failed: {e:#}");
+                }
+                match rx.blocking_recv() {
+                    Some(c) => c,
+                    None => break,
+                }
+            }
+            Err(mpsc::error::TryRecvError::Disconnected) => break,
+        };
+        match cmd {
+            Cmd::Up { peer, conn_id, tx } => {
+                if let Some((_, old)) = conns.live.insert(peer, (conn_id, tx)) {
+                    // A newer connection replaces an older one: end the old cleanly first.
+                    drop(old);
+                    run(
+                        &mut store,
+                        &mut engine,
+                        &mut conns,
+                        Event::Disconnected(peer),
+                    );
+                }
+                run(&mut store, &mut engine, &mut conns, Event::Connected(peer));
+                if conns.live.contains_key(&peer) {
+                    let _ = events.send(NodeEvent::PeerUp(peer));
+                }
+            }
+            Cmd::Frame(peer, f) => run(&mut store, &mut engine, &mut conns, Event::Frame(peer, f)),
+            Cmd::Down { peer, conn_id } => {
+                if conns.live.get(&peer).is_some_and(|(id, _)| *id == conn_id) {
+                    conns.live.remove(&peer);
+                }
+                if engine.peers().any(|p| *p == peer) && !conns.live.contains_key(&peer) {
+                    run(
+                        &mut store,
+                        &mut engine,
+                        &mut conns,
+                        Event::Disconnected(peer),
+                    );
+                }
+                let _ = events.send(NodeEvent::PeerDown(peer));
+            }
+            Cmd::Call(job) => {
+                job(&mut store);
+                let docs = store.take_local_changes();
+                if !docs.is_empty() {
+                    let _ = events.send(NodeEvent::LocalWrite(docs.clone()));
+                    run(
+                        &mut store,
+                        &mut engine,
+                        &mut conns,
+                        Event::LocalChange(docs),
+                    );
+                }
+            }
+            Cmd::Redeem {
+                ticket,
+                cert,
+                reply,
+            } => {
+                let _ = reply.send(store.redeem(&ticket, &cert));
+                let _ = store.take_local_changes();
+            }
+            Cmd::Tick => match store.external_changes() {
+                Ok(docs) if !docs.is_empty() => {
+                    let _ = events.send(NodeEvent::LocalWrite(docs.clone()));
+                    run(
+                        &mut store,
+                        &mut engine,
+                        &mut conns,
+                        Event::LocalChange(docs),
+                    );
+                }
+                Ok(_) => {}
+                Err(e) => warn!("looking for other processes' writes failed: {e:#}"),
+            },
+            Cmd::Stop => break,
+        }
+    }
+    // Save every sync state for the next start.
+    let peers: Vec<DeviceId> = engine.peers().copied().collect();
+    for p in peers {
+        run(&mut store, &mut engine, &mut conns, Event::Disconnected(p));
+    }
+    if let Err(e) = store.maintain() {
+        warn!("storage upkeep at shutdown failed: {e:#}");
+    }
+}
+
+impl Node {
+    /// Opens the store, binds the endpoint with this device's key and starts accepting.
+    pub async fn start(cfg: NodeConfig) -> Result<Node, NodeError> {
+        let store = Store::open(&cfg.db)?;
+        let secret = store.identity()?.device.to_bytes();
+        let transport = Arc::new(Transport::bind(secret, cfg.bind).await?);
+        let (cmd, rx) = mpsc::unbounded_channel();
+        let (events, _) = broadcast::channel(4096);
+        let ev = events.clone();
+        let store_thread = std::thread::Builder::new()
+            .name("flyt-store".into())
+            .spawn(move || store_thread(store, rx, ev))
+            .expect("spawn the store thread");
+        let cancel = CancellationToken::new();
+        let tasks = tokio_util::task::TaskTracker::new();
+        let accept = {
+            let (transport, cmd, cancel, tasks) = (
+                transport.clone(),
+                cmd.clone(),
+                cancel.clone(),
+                tasks.clone(),
+            );
+            AbortOnDropHandle::new(tokio::spawn(async move {
+                while let Some(Some(conn)) = cancel.run_until_cancelled(transport.accept()).await {
+                    match conn {
+                        Ok(conn) => {
+                            let span = info_span!("conn", peer = %conn.remote, side = "accept");
+                            tasks.spawn(
+                                serve_conn(conn, cmd.clone(), Side::Accept, cancel.child_token())
+                                    .instrument(span),
+                            );
+                        }
+                        Err(e) => debug!("incoming connection failed: {e:#}"),
+                    }
+                }
+            }))
+        };
+        {
+            let (cmd, cancel) = (cmd.clone(), cancel.clone());
+            tasks.spawn(async move {
+                let mut tick = tokio::time::interval(EXTERNAL_POLL);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                while cancel.run_until_cancelled(tick.tick()).await.is_some() {
+                    if cmd.send(Cmd::Tick).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        info!(id = %transport.id(), "node started");
+        let node = Node {
+            cmd,
+            events,
+            transport,
+            cancel,
+            tasks,
+            store_thread: Some(store_thread),
+            _accept: accept,
+        };
+        // Record where we listen (for invite tickets) and reconnect to the peers we know.
+        let listen: Vec<String> = node.addr().addrs.iter().map(|a| a.to_string()).collect();
+        let peers = node
+            .call(move |s| {
+                s.set_listen_addrs(&listen)?;
+                s.known_peers()
+            })
+            .await??;
+        for (id, addrs) in peers {
+            node.connect(PeerAddr {
+                id,
+                addrs: addrs.iter().filter_map(|a| a.parse().ok()).collect(),
+            });
+        }
+        Ok(node)
+    }
+
+    /// This node's device id and listening addresses.
+    pub fn addr(&self) -> PeerAddr {
+        self.transport.addr()
+    }
+
+    /// Observe what happens (changes from peers, local writes, peers coming and going).
+    pub fn subscribe(&self) -> broadcast::Receiver<NodeEvent> {
+        self.events.subscribe()
+    }
+
+    /// Runs `f` on the store thread and pushes whatever it wrote to connected peers.
+    pub async fn call<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Store) -> R + Send + 'static,
+    ) -> Result<R, NodeError> {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |s| {
+            let _ = tx.send(f(s));
+        });
+        self.cmd
+            .send(Cmd::Call(job))
+            .map_err(|_| NodeError::Stopped)?;
+        rx.await.map_err(|_| NodeError::Stopped)
+    }
+
+    /// Keeps a connection to `to`: dials now and redials with backoff whenever it drops, until
+    /// the node stops or the peer refuses us.
+    pub fn connect(&self, to: PeerAddr) {
+        let (transport, cmd, cancel) = (
+            self.transport.clone(),
+            self.cmd.clone(),
+            self.cancel.clone(),
+        );
+        let span = info_span!("dial", peer = %to.id);
+        self.tasks.spawn(
+            async move {
+                let mut backoff = Duration::from_millis(100);
+                loop {
+                    let conn = cancel
+                        .run_until_cancelled(transport.dial(&to, DIAL_TIMEOUT))
+                        .await;
+                    match conn {
+                        None => return,
+                        Some(Ok(conn)) => {
+                            backoff = Duration::from_millis(100);
+                            match serve_conn(conn, cmd.clone(), Side::Dial, cancel.child_token())
+                                .await
+                            {
+                                Err(NodeError::Refused(why)) => {
+                                    warn!("peer refused us: {why}");
+                                    return;
+                                }
+                                _ => debug!("connection ended"),
+                            }
+                        }
+                        Some(Err(e)) => debug!("dial failed: {e:#}"),
+                    }
+                    if cancel
+                        .run_until_cancelled(tokio::time::sleep(backoff))
+                        .await
+                        .is_none()
+                    {
+                        return;
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+            .instrument(span),
+        );
+    }
+
+    /// Joins a workspace with an invite ticket: checks it, dials the inviter, presents it with
+    /// this device's certificate, and keeps the connection. Returns the workspace id once the
+    /// inviter accepted; the workspace arrives through sync (watch [`Node::subscribe`]).
+    pub async fn join(&self, ticket: &str) -> Result<DocId, NodeError> {
+        let t = crdt_model::invite::decode(ticket, crate::now_ms())
+            .map_err(|e| NodeError::Store(e.into()))?;
+        let inv = t.payload.clone();
+        let cert = self
+            .call(move |s| {
+                s.expect_join(inv.workspace, inv.inviter)?;
+                s.remember_peer(inv.inviter, &inv.addrs)?;
+                Ok::<_, StoreError>(
+                    s.identity()?
+                        .device_cert("device", crate::now_ms())
+                        .to_bytes(),
+                )
+            })
+            .await??;
+        let to_dial = PeerAddr {
+            id: t.payload.inviter,
+            addrs: t
+                .payload
+                .addrs
+                .iter()
+                .filter_map(|a| a.parse().ok())
+                .collect(),
+        };
+        let conn = self.transport.dial(&to_dial, DIAL_TIMEOUT).await?;
+        let (up_tx, up_rx) = oneshot::channel();
+        let join = Frame::Join {
+            ticket: ticket.trim().to_owned(),
+            cert,
+        };
+        let span = info_span!("conn", peer = %to_dial.id, side = "join");
+        let (cmd, cancel) = (self.cmd.clone(), self.cancel.child_token());
+        self.tasks.spawn(
+            async move {
+                let r = serve_conn(conn, cmd, Side::Join(join, up_tx), cancel).await;
+                debug!("join connection ended: {r:?}");
+            }
+            .instrument(span),
+        );
+        match tokio::time::timeout(DIAL_TIMEOUT * 2, up_rx).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(why))) => return Err(NodeError::Refused(why)),
+            Ok(Err(_)) => {
+                return Err(NodeError::Refused(
+                    "the inviter closed the connection".into(),
+                ));
+            }
+            Err(_) => return Err(NodeError::Timeout("waiting for the inviter to accept")),
+        }
+        // Keep the link to the inviter alive from now on.
+        self.connect(to_dial);
+        Ok(t.payload.workspace)
+    }
+
+    /// Stops: no new connections, connections closed, sync states saved, endpoint closed,
+    /// storage flushed, in that order.
+    pub async fn shutdown(mut self) {
+        self.cancel.cancel();
+        self.tasks.close();
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.tasks.wait()).await;
+        let _ = self.call(|s| s.set_listen_addrs(&[])).await;
+        let _ = self.cmd.send(Cmd::Stop);
+        self.transport.close().await;
+        if let Some(t) = self.store_thread.take() {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+    }
+}
+
+static CONN_IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// Runs one connection until it ends. With `join`, sends the Join frame first and reports
+/// whether the inviter accepted. On the accepting side, a first Join frame is redeemed before
+/// the engine hears of the connection.
+/// Which end of a connection we are. The dialler speaks first (QUIC announces a stream to the
+/// acceptor only once data is written on it): a Join, or its Hello.
+enum Side {
+    Accept,
+    Dial,
+    Join(Frame, oneshot::Sender<Result<(), String>>),
+}
+
+async fn serve_conn(
+    conn: Conn,
+    cmd: mpsc::UnboundedSender<Cmd>,
+    side: Side,
+    cancel: CancellationToken,
+) -> Result<(), NodeError> {
+    let peer = conn.remote;
+    let conn_id = CONN_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let (mut reader, mut writer) = conn.split();
+    let mut first: Option<Frame> = None;
+    let mut joined = None;
+    if let Side::Join(frame, up) = side {
+        writer.send(&frame).await?;
+        joined = Some(up);
+    } else if let Side::Accept = side {
+        // The acceptor's first frame decides: a Join is redeemed here.
+        match cancel.run_until_cancelled(reader.next()).await {
+            None => return Ok(()),
+            Some(Ok(Some(Frame::Join { ticket, cert }))) => {
+                let (reply, rx) = oneshot::channel();
+                cmd.send(Cmd::Redeem {
+                    ticket,
+                    cert,
+                    reply,
+                })
+                .map_err(|_| NodeError::Stopped)?;
+                match rx.await.map_err(|_| NodeError::Stopped)? {
+                    Ok(ws) => info!(%ws, "admitted a new device by ticket"),
+                    Err(e) => {
+                        let reason = e.to_string();
+                        writer
+                            .send(&Frame::Refused {
+                                reason: reason.clone(),
+                            })
+                            .await?;
+                        writer.finish().await;
+                        return Err(NodeError::Refused(reason));
+                    }
+                }
+            }
+            Some(Ok(Some(f))) => first = Some(f),
+            Some(Ok(None)) => return Ok(()),
+            Some(Err(e)) => return Err(e.into()),
+        }
+    }
+    let (tx, mut rx) = mpsc::unbounded_channel::<Frame>();
+    cmd.send(Cmd::Up { peer, conn_id, tx })
+        .map_err(|_| NodeError::Stopped)?;
+    if let Some(f) = first {
+        let _ = cmd.send(Cmd::Frame(peer, f));
+    }
+    let writer_task = tokio::spawn(async move {
+        while let Some(f) = rx.recv().await {
+            if writer.send(&f).await.is_err() {
+                return;
+            }
+        }
+        // The store thread dropped us (closed by policy, replaced, or shutting down): end our
+        // stream; the peer sees it end, stops, and the connection goes.
+        writer.finish().await;
+    });
+    let _writer_task = AbortOnDropHandle::new(writer_task);
+    let mut outcome = Ok(());
+    loop {
+        match cancel.run_until_cancelled(reader.next()).await {
+            None => break,
+            Some(Ok(Some(Frame::Refused { reason }))) => {
+                if let Some(up) = joined.take() {
+                    let _ = up.send(Err(reason.clone()));
+                }
+                outcome = Err(NodeError::Refused(reason));
+                break;
+            }
+            Some(Ok(Some(f))) => {
+                if let Some(up) = joined.take() {
+                    let _ = up.send(Ok(()));
+                }
+                if cmd.send(Cmd::Frame(peer, f)).is_err() {
+                    break;
+                }
+            }
+            Some(Ok(None)) => break,
+            Some(Err(e)) => {
+                outcome = Err(e.into());
+                break;
+            }
+        }
+    }
+    let _ = cmd.send(Cmd::Down { peer, conn_id });
+    reader.close("bye");
+    outcome
+}
