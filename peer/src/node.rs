@@ -107,6 +107,8 @@ pub struct NodeConfig {
 /// A running node. Call [`Node::shutdown`] to stop it cleanly.
 #[derive(Debug)]
 pub struct Node {
+    /// Bytes of sync payload received from peers since start.
+    received: Arc<std::sync::atomic::AtomicU64>,
     cmd: mpsc::UnboundedSender<Cmd>,
     events: broadcast::Sender<NodeEvent>,
     transport: Arc<Transport>,
@@ -125,6 +127,7 @@ fn store_thread(
     mut store: Store,
     mut rx: mpsc::UnboundedReceiver<Cmd>,
     events: broadcast::Sender<NodeEvent>,
+    received: Arc<std::sync::atomic::AtomicU64>,
 ) {
     let mut engine = Engine::new();
     let mut conns = Connections {
@@ -186,7 +189,12 @@ fn store_thread(
                     let _ = events.send(NodeEvent::PeerUp(peer));
                 }
             }
-            Cmd::Frame(peer, f) => run(&mut store, &mut engine, &mut conns, Event::Frame(peer, f)),
+            Cmd::Frame(peer, f) => {
+                if let Frame::Sync { data, .. } = &f {
+                    received.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                }
+                run(&mut store, &mut engine, &mut conns, Event::Frame(peer, f))
+            }
             Cmd::Down { peer, conn_id } => {
                 if conns.live.get(&peer).is_some_and(|(id, _)| *id == conn_id) {
                     conns.live.remove(&peer);
@@ -253,13 +261,17 @@ impl Node {
     pub async fn start(cfg: NodeConfig) -> Result<Node, NodeError> {
         let store = Store::open(&cfg.db)?;
         let secret = store.identity()?.device.to_bytes();
+        let received = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let transport = Arc::new(Transport::bind(secret, cfg.bind).await?);
         let (cmd, rx) = mpsc::unbounded_channel();
         let (events, _) = broadcast::channel(4096);
         let ev = events.clone();
         let store_thread = std::thread::Builder::new()
             .name("flyt-store".into())
-            .spawn(move || store_thread(store, rx, ev))
+            .spawn({
+                let received = received.clone();
+                move || store_thread(store, rx, ev, received)
+            })
             .expect("spawn the store thread");
         let cancel = CancellationToken::new();
         let tasks = tokio_util::task::TaskTracker::new();
@@ -299,6 +311,7 @@ impl Node {
         }
         info!(id = %transport.id(), "node started");
         let node = Node {
+            received,
             cmd,
             events,
             transport,
@@ -322,6 +335,11 @@ impl Node {
             });
         }
         Ok(node)
+    }
+
+    /// Bytes of sync payload (Automerge sync messages) received from peers since start.
+    pub fn bytes_received(&self) -> u64 {
+        self.received.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// This node's device id and listening addresses.

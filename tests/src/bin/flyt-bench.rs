@@ -19,7 +19,10 @@ const DAY_MS: i64 = 86_400_000;
 fn usage() -> ! {
     eprintln!(
         "usage: flyt-bench local [--messages N] [--sends N] [--keep DIR]\n\
-         \n  local   send / read / open / search on a 100k-message channel (SQLite, one process)"
+         \x20      flyt-bench p2p [--messages N] [--live N]\n\
+         \n  local   send / read / open / search on a 100k-message channel (SQLite, one process)\
+         \n  p2p     live delivery between two nodes over iroh QUIC on 127.0.0.1, and a new device\
+         \n          joining a workspace whose channel holds 100k messages"
     );
     std::process::exit(2);
 }
@@ -29,6 +32,7 @@ fn main() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("local") => local(&args[1..]),
         Some("open-cold") => open_cold(&args[1..]),
+        Some("p2p") => p2p(&args[1..]),
         _ => usage(),
     }
 }
@@ -219,4 +223,169 @@ fn open_cold(args: &[String]) -> Result<()> {
 
 fn file_size(p: &Path) -> u64 {
     std::fs::metadata(p).map_or(0, |m| m.len())
+}
+
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// A home with an identity, for the p2p bench.
+fn bench_home(dir: &Path, name: &str) -> Result<PathBuf> {
+    std::fs::create_dir_all(dir)?;
+    let db = dir.join("flyt.db");
+    Store::open(&db)?.init(name)?;
+    Ok(db)
+}
+
+async fn start_node(db: &Path) -> Result<peer::node::Node> {
+    Ok(peer::node::Node::start(peer::node::NodeConfig {
+        db: db.to_path_buf(),
+        bind: "127.0.0.1:0".parse()?,
+    })
+    .await?)
+}
+
+fn p2p(args: &[String]) -> Result<()> {
+    let total = flag(args, "--messages", 100_000)?;
+    let live = flag(args, "--live", 1_000)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(p2p_run(total, live))
+}
+
+async fn p2p_run(total: usize, live: usize) -> Result<()> {
+    use peer::node::NodeEvent;
+    use std::time::Duration;
+    let dir = tempfile::tempdir()?;
+    let alice_db = bench_home(&dir.path().join("alice"), "alice")?;
+    let (ws, channel) = {
+        let mut s = Store::open(&alice_db)?;
+        let ws = s.create_workspace("bench")?;
+        let ch = s.create_channel("general", "", false)?;
+        let mut rng = Rng::new(7);
+        let days = total.div_ceil(1_000) as i64;
+        let start = (peer::now_ms() / DAY_MS - days) * DAY_MS;
+        let mut left = total;
+        for d in 0..days {
+            let n = left.min(1_000);
+            left -= n;
+            let items: Vec<(i64, String)> = (0..n)
+                .map(|i| (start + d * DAY_MS + i as i64 * 60_000, chat_line(&mut rng)))
+                .collect();
+            s.post_batch(ch, &items)?;
+        }
+        (ws, ch)
+    };
+    eprintln!("alice holds {total} messages");
+    let alice = start_node(&alice_db).await?;
+    let addrs: Vec<String> = alice.addr().addrs.iter().map(|a| a.to_string()).collect();
+    let ticket = alice
+        .call(move |s| s.invite(crdt_model::Role::Member, 600_000, addrs))
+        .await??;
+
+    // A new device joins: newest screen first, then the whole history.
+    let bob_db = bench_home(&dir.path().join("bob"), "bob")?;
+    let bob = start_node(&bob_db).await?;
+    let mut bob_events = bob.subscribe();
+    let newest = Store::open(&alice_db)?.read(channel, 50, None, None)?;
+    let newest_id = newest
+        .last()
+        .map(|m| m.id.clone())
+        .context("alice has messages")?;
+    let t = Instant::now();
+    bob.join(&ticket).await?;
+    // A screen reads the projection through its own connection (WAL: readers never wait for
+    // the writer), so the bench does too, after every event from bob's node.
+    let screen = Store::open(&bob_db)?;
+    let mut first_screen = None;
+    let want = total as i64;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let full = loop {
+        if first_screen.is_none() {
+            let rows = screen.read(channel, 50, None, None).unwrap_or_default();
+            if rows.len() == 50 && rows.last().map(|m| &m.id) == Some(&newest_id) {
+                first_screen = Some(t.elapsed());
+            }
+        }
+        if screen.status()?.messages >= want {
+            break t.elapsed();
+        }
+        if Instant::now() > deadline {
+            bail!("the new device did not get the full history in time");
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(50), bob_events.recv()).await;
+    };
+    let first_screen = first_screen.unwrap_or(full);
+    drop(screen);
+    let _ = ws;
+    let bytes = bob.bytes_received();
+    let rss = peak_rss_mb();
+
+    // Live: alice posts, bob has it on screen (durable, projected); one at a time.
+    let mut lat_ms = Vec::with_capacity(live);
+    let mut rng = Rng::new(11);
+    for i in 0..live {
+        let text = format!("{} live {i}", chat_line(&mut rng));
+        while bob_events.try_recv().is_ok() {}
+        let t = Instant::now();
+        alice
+            .call(move |s| s.post(channel, &text, None, None))
+            .await??;
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), bob_events.recv()).await {
+                Ok(Ok(NodeEvent::Changed(doc))) if doc != channel && doc != ws => break,
+                Ok(Ok(_)) | Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {}
+                Ok(Err(_)) => bail!("bob's node stopped"),
+                Err(_) => bail!("message {i} did not arrive within 10 s"),
+            }
+        }
+        lat_ms.push(millis(t.elapsed()));
+    }
+    let got = bob
+        .call(move |s| s.status().map(|st| st.messages))
+        .await??;
+    if got != (total + live) as i64 {
+        bail!("bob has {got} messages, expected {}", total + live);
+    }
+    let lat = summarize(&lat_ms);
+    alice.shutdown().await;
+    bob.shutdown().await;
+
+    println!(
+        "{:<44} {:>10} {:>10} {:>10}",
+        "measurement", "p50", "p99", "max"
+    );
+    row("live delivery alice -> bob screen (QUIC)", "ms", &lat);
+    println!(
+        "new device, {total} messages: newest 50 on screen {:.2} s, full history {:.2} s, {:.1} MB received, peak RSS (both nodes, one process) {:.0} MB",
+        first_screen.as_secs_f64(),
+        full.as_secs_f64(),
+        bytes as f64 / 1e6,
+        rss
+    );
+    let stat = |s: &Summary| json!({ "p50": s.p50, "p99": s.p99, "max": s.max, "n": s.n });
+    println!(
+        "{}",
+        json!({
+            "bench": "p2p",
+            "messages": total,
+            "live_delivery_ms": stat(&lat),
+            "join_newest_50_s": first_screen.as_secs_f64(),
+            "join_full_history_s": full.as_secs_f64(),
+            "join_bytes_received": bytes,
+            "peak_rss_mb_both_nodes": rss,
+            "targets": { "live_p50_ms": 5, "live_p99_ms": 15, "join_newest_50_s": 1, "join_full_s": 10 },
+        })
+    );
+    Ok(())
 }
