@@ -9,7 +9,8 @@
 use std::collections::HashMap;
 
 use automerge::{
-    Automerge, AutomergeError, ChangeHash, LoadOptions, OnPartialLoad, ReadDoc, VerificationMode,
+    Automerge, AutomergeError, ChangeHash, LoadOptions, OnPartialLoad, ReadDoc, SaveOptions,
+    VerificationMode,
 };
 use crdt_model::{DocId, device_actor};
 use rusqlite::{OptionalExtension, Transaction, params};
@@ -77,8 +78,8 @@ impl DocCache {
                 ))
             })?
             .collect::<Result<Vec<_>, _>>()?;
-        if rows.is_empty() && !self.docs.contains_key(&id) {
-            return Ok(None);
+        if rows.is_empty() {
+            return Ok(self.docs.get_mut(&id).map(|c| &mut c.doc));
         }
         let entry = self.docs.entry(id).or_insert_with(|| Cached {
             doc: Automerge::new().with_actor(device_actor(actor)),
@@ -87,54 +88,77 @@ impl DocCache {
             snapshot_bytes: 0,
             pending_bytes: 0,
         });
-        let corrupt = |e: AutomergeError| StoreError::Corrupt(format!("document {id}: {e}"));
-        // `load_incremental` skips what it cannot parse (it only logs a warning): writing on top
-        // of a document that silently lost changes would fork its history, and a rebuilt
-        // projection would lose messages. So every chunk must load completely.
-        let strict = |mode| {
-            LoadOptions::new()
-                .on_partial_load(OnPartialLoad::Error)
-                .verification_mode(mode)
-        };
-        for (seq, snapshot, data) in rows {
-            if entry.doc.is_empty() {
-                entry.doc = Automerge::load_with_options(&data, strict(VerificationMode::Check))
-                    .map_err(corrupt)?
-                    .with_actor(device_actor(actor));
-            } else {
-                // Parse alone first; its changes depend on earlier chunks, hence MissingDeps.
-                // Automerge logs every failed load at ERROR level; this one is expected (and any
-                // other is returned as `Corrupt`), so keep it out of the application's log.
-                let parsed = tracing::dispatcher::with_default(&tracing::Dispatch::none(), || {
-                    Automerge::load_with_options(&data, strict(VerificationMode::DontCheck))
-                });
-                match parsed {
-                    Ok(_) | Err(AutomergeError::MissingDeps) => {}
-                    Err(e) => return Err(corrupt(e)),
-                }
-                entry.doc.load_incremental(&data).map_err(corrupt)?;
-            }
-            entry.last_seq = seq;
-            if snapshot == 1 {
-                (entry.chunks, entry.snapshot_bytes, entry.pending_bytes) = (0, data.len(), 0);
-            } else {
-                entry.chunks += 1;
-                entry.pending_bytes += data.len();
-            }
+        if let Err(e) = load_chunks(entry, id, actor, rows) {
+            // Keep nothing of a document that did not load completely: the next call fails too.
+            self.docs.remove(&id);
+            return Err(e);
         }
-        // Changes waiting for a dependency mean a chunk is missing.
-        let missing = entry.doc.get_missing_deps(&[]);
-        if !missing.is_empty() {
-            let e = format!("document {id}: {} changes are missing", missing.len());
-            return Err(StoreError::Corrupt(e));
-        }
-        Ok(Some(&mut entry.doc))
+        Ok(self.docs.get_mut(&id).map(|c| &mut c.doc))
     }
 
     /// Forgets a document (after a failed write left the cached copy ahead of the database).
     pub fn evict(&mut self, id: &DocId) {
         self.docs.remove(id);
     }
+}
+
+/// Applies chunks read from the database to a cached document, strictly.
+fn load_chunks(
+    entry: &mut Cached,
+    id: DocId,
+    actor: &crdt_model::DeviceId,
+    rows: Vec<(i64, i64, Vec<u8>)>,
+) -> Result<(), StoreError> {
+    // Changes a peer sent ahead of their dependencies wait in the document until those arrive
+    // (the sync protocol asks for them next): they are not damage, and are never stored.
+    let waiting = entry.doc.get_missing_deps(&[]);
+    let corrupt = |e: AutomergeError| StoreError::Corrupt(format!("document {id}: {e}"));
+    // `load_incremental` skips what it cannot parse (it only logs a warning): writing on top
+    // of a document that silently lost changes would fork its history, and a rebuilt
+    // projection would lose messages. So every chunk must load completely.
+    let strict = |mode| {
+        LoadOptions::new()
+            .on_partial_load(OnPartialLoad::Error)
+            .verification_mode(mode)
+    };
+    for (seq, snapshot, data) in rows {
+        if entry.doc.is_empty() {
+            entry.doc = Automerge::load_with_options(&data, strict(VerificationMode::Check))
+                .map_err(corrupt)?
+                .with_actor(device_actor(actor));
+        } else {
+            // Parse alone first; its changes depend on earlier chunks, hence MissingDeps.
+            // Automerge logs every failed load at ERROR level; this one is expected (and any
+            // other is returned as `Corrupt`), so keep it out of the application's log.
+            let parsed = tracing::dispatcher::with_default(&tracing::Dispatch::none(), || {
+                Automerge::load_with_options(&data, strict(VerificationMode::DontCheck))
+            });
+            match parsed {
+                Ok(_) | Err(AutomergeError::MissingDeps) => {}
+                Err(e) => return Err(corrupt(e)),
+            }
+            entry.doc.load_incremental(&data).map_err(corrupt)?;
+        }
+        entry.last_seq = seq;
+        if snapshot == 1 {
+            (entry.chunks, entry.snapshot_bytes, entry.pending_bytes) = (0, data.len(), 0);
+        } else {
+            entry.chunks += 1;
+            entry.pending_bytes += data.len();
+        }
+    }
+    // Stored changes waiting for a dependency mean a chunk is missing.
+    let missing = entry
+        .doc
+        .get_missing_deps(&[])
+        .into_iter()
+        .filter(|h| !waiting.contains(h))
+        .count();
+    if missing > 0 {
+        let e = format!("document {id}: {missing} changes are missing");
+        return Err(StoreError::Corrupt(e));
+    }
+    Ok(())
 }
 
 /// Whether the database holds document `id`.
@@ -205,7 +229,11 @@ pub(crate) fn compact(
     id: DocId,
 ) -> Result<(), StoreError> {
     let c = cache.docs.get_mut(&id).expect("compact follows get");
-    let snapshot = c.doc.save();
+    // Without changes still waiting for their dependencies: those are not durable yet.
+    let snapshot = c.doc.save_with_options(SaveOptions {
+        retain_orphans: false,
+        ..SaveOptions::default()
+    });
     let seq = append(tx, id, true, &snapshot)?;
     tx.prepare_cached("DELETE FROM doc_chunks WHERE doc = ?1 AND seq < ?2")?
         .execute(params![id.to_string(), seq])?;
@@ -233,4 +261,93 @@ pub(crate) fn persist(
         compact(tx, cache, id)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use automerge::transaction::Transactable;
+    use automerge::{ROOT, ReadDoc};
+    use crdt_model::DeviceId;
+
+    use super::*;
+
+    fn change(doc: &mut Automerge, key: &str) {
+        let mut tx = doc.transaction();
+        tx.put(ROOT, key, 1).unwrap();
+        tx.commit();
+    }
+
+    #[test]
+    fn a_change_waiting_for_its_dependency_is_not_damage_and_is_not_stored() {
+        let mut conn = rusqlite::Connection::open_in_memory().unwrap();
+        crate::schema::migrate(&mut conn).unwrap();
+        let (id, me) = (DocId([1; 16]), DeviceId([2; 32]));
+        let meta = DocMeta {
+            kind: "workspace",
+            workspace: id,
+            channel: None,
+            bucket_key: None,
+        };
+        let mut original = Automerge::new();
+        change(&mut original, "a");
+        let mut cache = DocCache::default();
+        let tx = conn.transaction().unwrap();
+        insert(&tx, &mut cache, id, &meta, original.clone()).unwrap();
+
+        // A peer's two changes arrive out of order: the second waits for the first.
+        let mut peer = original.fork();
+        change(&mut peer, "b");
+        let first = peer.get_last_local_change().unwrap().clone();
+        change(&mut peer, "c");
+        let second = peer.get_last_local_change().unwrap().clone();
+        let doc = cache.get(&tx, id, &me).unwrap().unwrap();
+        doc.apply_changes([second.clone()]).unwrap();
+        assert_eq!(doc.get_missing_deps(&[]), vec![first.hash()]);
+        assert!(cache.get(&tx, id, &me).unwrap().is_some(), "still usable");
+
+        // Compacted meanwhile: the stored snapshot holds only what applied, and loads cleanly.
+        compact(&tx, &mut cache, id).unwrap();
+        let mut fresh = DocCache::default();
+        let stored = fresh.get(&tx, id, &me).unwrap().unwrap();
+        assert!(stored.get(ROOT, "b").unwrap().is_none());
+        assert!(stored.get_missing_deps(&[]).is_empty());
+
+        // The first change arrives: both apply.
+        let doc = cache.get(&tx, id, &me).unwrap().unwrap();
+        doc.apply_changes([first]).unwrap();
+        assert!(doc.get_missing_deps(&[]).is_empty());
+        assert_eq!(doc.get_heads(), vec![second.hash()]);
+    }
+
+    #[test]
+    fn a_stored_change_missing_its_dependency_is_an_error_every_time() {
+        let mut conn = rusqlite::Connection::open_in_memory().unwrap();
+        crate::schema::migrate(&mut conn).unwrap();
+        let (id, me) = (DocId([1; 16]), DeviceId([2; 32]));
+        let meta = DocMeta {
+            kind: "workspace",
+            workspace: id,
+            channel: None,
+            bucket_key: None,
+        };
+        let mut doc = Automerge::new();
+        change(&mut doc, "a");
+        let mut cache = DocCache::default();
+        let tx = conn.transaction().unwrap();
+        insert(&tx, &mut cache, id, &meta, doc.clone()).unwrap();
+        change(&mut doc, "b");
+        let middle = doc.get_heads();
+        change(&mut doc, "c");
+        // The chunk with "b" is lost; the one with "c" depends on it.
+        append(&tx, id, false, &doc.save_after(&middle)).unwrap();
+        let mut cache = DocCache::default();
+        assert!(matches!(
+            cache.get(&tx, id, &me),
+            Err(StoreError::Corrupt(_))
+        ));
+        assert!(matches!(
+            cache.get(&tx, id, &me),
+            Err(StoreError::Corrupt(_))
+        ));
+    }
 }

@@ -88,6 +88,9 @@ pub enum StoreError {
     UnknownMessage(String),
 }
 
+/// How many documents one [`Store::maintain`] call compacts at most.
+const MAINTAIN_SLICE: usize = 1;
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -450,6 +453,8 @@ impl Store {
             }
             Ok(())
         })?;
+        // A bulk import has no idle time to wait for: compact everything it made due now.
+        while self.maintain()? > 0 {}
         Ok(ids)
     }
 
@@ -458,16 +463,26 @@ impl Store {
     /// send never pays for a full save; a node calls this when idle, the CLI after its output.
     /// Returns how many documents it compacted.
     pub fn maintain(&mut self) -> Result<usize, StoreError> {
-        if !self.dirty.is_empty() {
-            // PASSIVE: copies what it can without waiting for readers or writers.
-            self.conn
-                .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
+        if self.dirty.is_empty() {
+            return Ok(0);
         }
+        // A slice at a time: a node calls this between events, so one call must stay short
+        // (after a big sync every bucket is due, and compacting a 1,000-message bucket takes
+        // ~10 ms). What is left stays dirty for the next call.
         let dirty = std::mem::take(&mut self.dirty);
-        let due: Vec<DocId> = dirty
+        let mut due: Vec<DocId> = dirty
             .into_iter()
             .filter(|id| docs::due(&self.cache, id))
             .collect();
+        if due.len() > MAINTAIN_SLICE {
+            self.dirty.extend(due.split_off(MAINTAIN_SLICE));
+        }
+        if self.dirty.is_empty() {
+            // The last slice: copy the WAL into the database file too. PASSIVE: it takes what
+            // it can without waiting for readers or writers.
+            self.conn
+                .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
+        }
         if due.is_empty() {
             return Ok(0);
         }
@@ -655,10 +670,20 @@ impl Writer<'_> {
         id: DocId,
         f: impl FnOnce(&mut Automerge) -> Result<R, ModelError>,
     ) -> Result<R, StoreError> {
-        self.changed.push(id);
         let doc = self.doc(id)?;
         let before = doc.get_heads();
-        let r = f(doc)?;
+        let r = match f(doc) {
+            Ok(r) => r,
+            // A refused operation that left the document as it was must not get it evicted: the
+            // cached copy may hold changes a peer sent ahead of their dependencies, which exist
+            // nowhere else (that peer will not send them again).
+            Err(e) if doc.get_heads() == before => return Err(e.into()),
+            Err(e) => {
+                self.changed.push(id);
+                return Err(e.into());
+            }
+        };
+        self.changed.push(id);
         docs::persist(self.tx, self.cache, id, &before)?;
         Ok(r)
     }

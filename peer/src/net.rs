@@ -61,6 +61,9 @@ pub const MAX_PENDING_HANDSHAKES: usize = 256;
 /// How long [`FrameWriter::finish`] waits for the peer to acknowledge the last bytes.
 pub const FINISH_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long [`Transport::bind`] keeps retrying an explicit address that is still in use.
+pub const REBIND_GRACE: Duration = Duration::from_secs(2);
+
 /// Connections that completed their handshake, waiting for [`Transport::accept`].
 const ACCEPT_QUEUE: usize = 64;
 
@@ -165,6 +168,25 @@ pub enum NetError {
     },
 }
 
+impl NetError {
+    /// Whether binding failed because the address is in use.
+    fn is_addr_in_use(&self) -> bool {
+        let NetError::Bind { source, .. } = self else {
+            return false;
+        };
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&**source);
+        while let Some(e) = cause {
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::AddrInUse)
+            {
+                return true;
+            }
+            cause = e.source();
+        }
+        false
+    }
+}
+
 /// Where to reach a node: its device id (the iroh endpoint id) and direct addresses.
 /// Serializable: it goes into invite tickets.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -206,7 +228,31 @@ impl Transport {
     /// Binds an endpoint whose key is this device's ed25519 secret: the endpoint id equals the
     /// device's [`DeviceId`]. `bind` is the one UDP address to listen on (e.g. `127.0.0.1:0`,
     /// or `0.0.0.0:0` for every interface). No relay, no address lookup, no port mapping.
+    ///
+    /// An explicit address (port not 0) that is in use is retried for up to [`REBIND_GRACE`]:
+    /// iroh lets go of a closed endpoint's socket from its background tasks, a moment after
+    /// [`Transport::close`] returns, so a node restarting on its own address in the same process
+    /// can find it still taken.
     pub async fn bind(device_secret: [u8; 32], bind: SocketAddr) -> Result<Transport, NetError> {
+        let deadline = tokio::time::Instant::now() + REBIND_GRACE;
+        let mut pause = Duration::from_millis(1);
+        loop {
+            match Self::bind_once(device_secret, bind).await {
+                Err(e)
+                    if bind.port() != 0
+                        && e.is_addr_in_use()
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    debug!(%bind, "address still in use, retrying");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(50));
+                }
+                r => return r,
+            }
+        }
+    }
+
+    async fn bind_once(device_secret: [u8; 32], bind: SocketAddr) -> Result<Transport, NetError> {
         let bind_err = |e: Box<dyn std::error::Error + Send + Sync>| NetError::Bind {
             addr: bind,
             source: e,
@@ -852,6 +898,23 @@ mod tests {
             ));
             a.close().await;
             b.close().await;
+        })
+        .await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_closed_transport_can_be_bound_again_on_its_address() {
+        bounded(async {
+            let mut t = bind(1).await;
+            let addr = t.addr().addrs[0];
+            // iroh frees the socket a moment after `close`: a restart must not fail on it.
+            for _ in 0..50 {
+                t.close().await;
+                drop(t);
+                t = Transport::bind(secret(1), addr).await.unwrap();
+                assert_eq!(t.addr().addrs, vec![addr]);
+            }
+            t.close().await;
         })
         .await
     }

@@ -74,7 +74,8 @@ enum Cmd {
         conn_id: u64,
         tx: mpsc::UnboundedSender<Frame>,
     },
-    Frame(DeviceId, Frame),
+    /// A frame from `peer` on connection `conn_id`.
+    Frame(DeviceId, u64, Frame),
     Down {
         peer: DeviceId,
         conn_id: u64,
@@ -130,6 +131,7 @@ fn store_thread(
     received: Arc<std::sync::atomic::AtomicU64>,
 ) {
     let mut engine = Engine::new();
+    let mut busy = false;
     let mut conns = Connections {
         live: HashMap::new(),
     };
@@ -160,18 +162,15 @@ fn store_thread(
     loop {
         let cmd = match rx.try_recv() {
             Ok(c) => c,
-            Err(mpsc::error::TryRecvError::Empty) => {
-                // Idle: upkeep, then wait.
-                if let Err(e) = store.maintain() {
-                    warn!("storage upkeep failed: {e:#}");
-                }
-                match rx.blocking_recv() {
-                    Some(c) => c,
-                    None => break,
-                }
-            }
+            Err(mpsc::error::TryRecvError::Empty) => match rx.blocking_recv() {
+                Some(c) => c,
+                None => break,
+            },
             Err(mpsc::error::TryRecvError::Disconnected) => break,
         };
+        if !matches!(cmd, Cmd::Tick) {
+            busy = true;
+        }
         match cmd {
             Cmd::Up { peer, conn_id, tx } => {
                 if let Some((_, old)) = conns.live.insert(peer, (conn_id, tx)) {
@@ -189,7 +188,14 @@ fn store_thread(
                     let _ = events.send(NodeEvent::PeerUp(peer));
                 }
             }
-            Cmd::Frame(peer, f) => {
+            // A replaced connection's frames belong to a session the engine has ended: the peer
+            // starts over on the new connection, so they must not reach the new session.
+            Cmd::Frame(peer, conn_id, _)
+                if conns.live.get(&peer).is_none_or(|(id, _)| *id != conn_id) =>
+            {
+                debug!(%peer, "dropped a frame from a replaced connection");
+            }
+            Cmd::Frame(peer, _, f) => {
                 if let Frame::Sync { data, .. } = &f {
                     received.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
                 }
@@ -228,10 +234,10 @@ fn store_thread(
                 reply,
             } => {
                 let _ = reply.send(store.redeem(&ticket, &cert));
-                let _ = store.take_local_changes();
-            }
-            Cmd::Tick => match store.external_changes() {
-                Ok(docs) if !docs.is_empty() => {
+                // The admission changed the workspace document: peers already connected must
+                // learn of the new member (its device certificate verifies its messages).
+                let docs = store.take_local_changes();
+                if !docs.is_empty() {
                     let _ = events.send(NodeEvent::LocalWrite(docs.clone()));
                     run(
                         &mut store,
@@ -240,9 +246,29 @@ fn store_thread(
                         Event::LocalChange(docs),
                     );
                 }
-                Ok(_) => {}
-                Err(e) => warn!("looking for other processes' writes failed: {e:#}"),
-            },
+            }
+            Cmd::Tick => {
+                // A whole tick without other work is idle time: upkeep, one document at a time
+                // (a compaction takes ~10 ms), so a message arriving meanwhile waits at most that.
+                if !std::mem::take(&mut busy)
+                    && let Err(e) = store.maintain()
+                {
+                    warn!("storage upkeep failed: {e:#}");
+                }
+                match store.external_changes() {
+                    Ok(docs) if !docs.is_empty() => {
+                        let _ = events.send(NodeEvent::LocalWrite(docs.clone()));
+                        run(
+                            &mut store,
+                            &mut engine,
+                            &mut conns,
+                            Event::LocalChange(docs),
+                        );
+                    }
+                    Ok(_) => {}
+                    Err(e) => warn!("looking for other processes' writes failed: {e:#}"),
+                }
+            }
             Cmd::Stop => break,
         }
     }
@@ -547,7 +573,7 @@ async fn serve_conn(
     cmd.send(Cmd::Up { peer, conn_id, tx })
         .map_err(|_| NodeError::Stopped)?;
     if let Some(f) = first {
-        let _ = cmd.send(Cmd::Frame(peer, f));
+        let _ = cmd.send(Cmd::Frame(peer, conn_id, f));
     }
     let writer_task = tokio::spawn(async move {
         while let Some(f) = rx.recv().await {
@@ -575,7 +601,7 @@ async fn serve_conn(
                 if let Some(up) = joined.take() {
                     let _ = up.send(Ok(()));
                 }
-                if cmd.send(Cmd::Frame(peer, f)).is_err() {
+                if cmd.send(Cmd::Frame(peer, conn_id, f)).is_err() {
                     break;
                 }
             }

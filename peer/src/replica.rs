@@ -184,7 +184,16 @@ impl Host for Writer<'_> {
                 bucket_key: Some(key.clone()),
             },
         };
-        let doc = Automerge::new().with_actor(device_actor(&self.me.device_id()));
+        // Channel and bucket documents begin with the same deterministic change on every peer:
+        // start with it, so the document is valid (and can be written to) before the peer's copy
+        // arrives, as the channel already shows in the workspace.
+        let first = match r {
+            DocRef::Workspace { .. } => Ok(Automerge::new()),
+            DocRef::Channel { id, workspace } => crdt_model::channel::init(*workspace, *id),
+            DocRef::Bucket { channel, key } => bucket::init(*channel, key.parse().ok()?),
+        };
+        let Ok(mut doc) = first else { return None };
+        doc.set_actor(device_actor(&self.me.device_id()));
         if let Err(e) = docs::insert(self.tx, self.cache, id, &meta, doc) {
             tracing::warn!(doc = %id, "could not create an offered document: {e}");
             return None;
@@ -689,5 +698,87 @@ impl Store {
     /// Documents written by the last local writes, for [`Event::LocalChange`]. Taken once.
     pub fn take_local_changes(&mut self) -> Vec<DocId> {
         std::mem::take(&mut self.local).into_iter().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crdt_model::channel::{self, BucketKey};
+
+    use super::*;
+
+    #[test]
+    fn a_refused_write_keeps_changes_waiting_for_their_dependencies() {
+        use automerge::ReadDoc;
+        use automerge::transaction::Transactable;
+
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(&dir.path().join("flyt.db")).unwrap();
+        s.init("t").unwrap();
+        s.create_workspace("w").unwrap();
+        let ch = s.create_channel("general", "", false).unwrap();
+        let m = s.post(ch, "hi", None, None).unwrap();
+        s.delete(&m.id).unwrap();
+        let (_, bucket) = s.buckets(ch).unwrap().pop().unwrap();
+        // A peer's two changes; the second arrived first and waits for the first.
+        let me = s.identity().unwrap().device_id();
+        let doc = s.cache.get(&s.conn, bucket, &me).unwrap().unwrap();
+        let mut peer = doc.fork();
+        for key in ["x", "y"] {
+            let mut tx = peer.transaction();
+            tx.put(automerge::ROOT, key, 1).unwrap();
+            tx.commit();
+        }
+        let second = peer.get_last_local_change().unwrap().clone();
+        doc.apply_changes([second]).unwrap();
+        assert_eq!(doc.get_missing_deps(&[]).len(), 1);
+
+        // Editing the deleted message is refused without touching the document.
+        assert!(s.edit(&m.id, "again").is_err());
+        let doc = s.cache.get(&s.conn, bucket, &me).unwrap().unwrap();
+        assert_eq!(
+            doc.get_missing_deps(&[]).len(),
+            1,
+            "still waiting, not dropped"
+        );
+    }
+
+    #[test]
+    fn an_offered_channel_or_bucket_starts_as_its_creator_started_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(&dir.path().join("flyt.db")).unwrap();
+        s.init("t").unwrap();
+        let ws = s.create_workspace("w").unwrap();
+        let ch = s.create_channel("general", "", false).unwrap();
+        let key = BucketKey::day_of(86_400_000 * 20_000);
+        let other = DocId([9; 16]);
+        s.write(|w| {
+            // A channel listed in the workspace whose document has not arrived yet.
+            let doc = Host::create(
+                w,
+                &DocRef::Channel {
+                    id: other,
+                    workspace: ws,
+                },
+            )
+            .unwrap();
+            assert!(channel::is_channel(doc, other));
+            assert_eq!(
+                doc.get_heads(),
+                channel::init(ws, other).unwrap().get_heads()
+            );
+            assert!(
+                channel::add_bucket(doc, key, 1).unwrap(),
+                "writable at once"
+            );
+            let r = DocRef::Bucket {
+                channel: ch,
+                key: key.to_string(),
+            };
+            let doc = Host::create(w, &r).unwrap();
+            assert_eq!(doc.get_heads(), bucket::init(ch, key).unwrap().get_heads());
+            Ok(())
+        })
+        .unwrap();
     }
 }

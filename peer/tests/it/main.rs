@@ -3,6 +3,7 @@
 mod chat;
 mod common;
 mod concurrency;
+mod converge;
 mod errors;
 mod node;
 mod projection;
