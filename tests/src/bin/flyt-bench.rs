@@ -48,6 +48,28 @@ fn flag(args: &[String], name: &str, default: usize) -> Result<usize> {
     }
 }
 
+/// Posts `total` plausible messages into `channel`, 1,000 a day, ending yesterday.
+fn fill_history(
+    store: &mut Store,
+    channel: crdt_model::DocId,
+    total: usize,
+    seed: u64,
+) -> Result<()> {
+    let mut rng = Rng::new(seed);
+    let days = total.div_ceil(1_000) as i64;
+    let start = (peer::now_ms() / DAY_MS - days) * DAY_MS;
+    let mut left = total;
+    for d in 0..days {
+        let n = left.min(1_000);
+        left -= n;
+        let items: Vec<(i64, String)> = (0..n)
+            .map(|i| (start + d * DAY_MS + i as i64 * 60_000, chat_line(&mut rng)))
+            .collect();
+        store.post_batch(channel, &items)?;
+    }
+    Ok(())
+}
+
 fn row(name: &str, unit: &str, s: &Summary) {
     println!(
         "{name:<40} {:>10.3} {:>10.3} {:>10.3}  {unit}  (n={})",
@@ -81,18 +103,8 @@ fn local(args: &[String]) -> Result<()> {
 
     // History: `total` messages, 1,000 a day, ending yesterday.
     let mut rng = Rng::new(42);
-    let days = total.div_ceil(1_000) as i64;
-    let start = (peer::now_ms() / DAY_MS - days) * DAY_MS;
     let t = Instant::now();
-    let mut left = total;
-    for d in 0..days {
-        let n = left.min(1_000);
-        left -= n;
-        let items: Vec<(i64, String)> = (0..n)
-            .map(|i| (start + d * DAY_MS + i as i64 * 60_000, chat_line(&mut rng)))
-            .collect();
-        store.post_batch(channel, &items)?;
-    }
+    fill_history(&mut store, channel, total, 42)?;
     let fill_s = t.elapsed().as_secs_f64();
     eprintln!("filled {total} messages in {fill_s:.1} s");
 
@@ -272,18 +284,7 @@ async fn p2p_run(total: usize, live: usize) -> Result<()> {
         let mut s = Store::open(&alice_db)?;
         let ws = s.create_workspace("bench")?;
         let ch = s.create_channel("general", "", false)?;
-        let mut rng = Rng::new(7);
-        let days = total.div_ceil(1_000) as i64;
-        let start = (peer::now_ms() / DAY_MS - days) * DAY_MS;
-        let mut left = total;
-        for d in 0..days {
-            let n = left.min(1_000);
-            left -= n;
-            let items: Vec<(i64, String)> = (0..n)
-                .map(|i| (start + d * DAY_MS + i as i64 * 60_000, chat_line(&mut rng)))
-                .collect();
-            s.post_batch(ch, &items)?;
-        }
+        fill_history(&mut s, ch, total, 7)?;
         (ws, ch)
     };
     eprintln!("alice holds {total} messages");
