@@ -159,6 +159,14 @@ fn store_thread(
             Err(e) => warn!("sync event failed: {e:#}"),
         }
     };
+    // Local writes (ours, or another process's on this home) go to every peer that shares them.
+    let push =
+        |store: &mut Store, engine: &mut Engine, conns: &mut Connections, docs: Vec<DocId>| {
+            if !docs.is_empty() {
+                let _ = events.send(NodeEvent::LocalWrite(docs.clone()));
+                run(store, engine, conns, Event::LocalChange(docs));
+            }
+        };
     loop {
         let cmd = match rx.try_recv() {
             Ok(c) => c,
@@ -218,15 +226,7 @@ fn store_thread(
             Cmd::Call(job) => {
                 job(&mut store);
                 let docs = store.take_local_changes();
-                if !docs.is_empty() {
-                    let _ = events.send(NodeEvent::LocalWrite(docs.clone()));
-                    run(
-                        &mut store,
-                        &mut engine,
-                        &mut conns,
-                        Event::LocalChange(docs),
-                    );
-                }
+                push(&mut store, &mut engine, &mut conns, docs);
             }
             Cmd::Redeem {
                 ticket,
@@ -237,15 +237,7 @@ fn store_thread(
                 // The admission changed the workspace document: peers already connected must
                 // learn of the new member (its device certificate verifies its messages).
                 let docs = store.take_local_changes();
-                if !docs.is_empty() {
-                    let _ = events.send(NodeEvent::LocalWrite(docs.clone()));
-                    run(
-                        &mut store,
-                        &mut engine,
-                        &mut conns,
-                        Event::LocalChange(docs),
-                    );
-                }
+                push(&mut store, &mut engine, &mut conns, docs);
             }
             Cmd::Tick => {
                 // A whole tick without other work is idle time: upkeep, one document at a time
@@ -256,16 +248,7 @@ fn store_thread(
                     warn!("storage upkeep failed: {e:#}");
                 }
                 match store.external_changes() {
-                    Ok(docs) if !docs.is_empty() => {
-                        let _ = events.send(NodeEvent::LocalWrite(docs.clone()));
-                        run(
-                            &mut store,
-                            &mut engine,
-                            &mut conns,
-                            Event::LocalChange(docs),
-                        );
-                    }
-                    Ok(_) => {}
+                    Ok(docs) => push(&mut store, &mut engine, &mut conns, docs),
                     Err(e) => warn!("looking for other processes' writes failed: {e:#}"),
                 }
             }
