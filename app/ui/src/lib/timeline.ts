@@ -1,0 +1,56 @@
+// Turns a channel's messages (oldest first) into the rows the message list renders: a day
+// separator before each new local day, and consecutive messages from one author grouped under
+// one name and avatar.
+
+import type { Message } from "../api";
+
+export type Row =
+  | { kind: "day"; key: string; label: string }
+  | { kind: "msg"; key: string; message: Message; grouped: boolean };
+
+/** Messages from one author closer together than this share one header. */
+export const GROUP_WINDOW_MS = 5 * 60 * 1000;
+
+function dayKey(ts: number): string {
+  const d = new Date(ts);
+  return `${d.getFullYear()}-${d.getMonth() + 1}-${d.getDate()}`;
+}
+
+/** "Today", "Yesterday", "Monday, December 1" or, in another year, "December 1, 2025". */
+export function dayLabel(ts: number, now: number = Date.now()): string {
+  const d = new Date(ts);
+  const today = new Date(now);
+  const startOf = (x: Date) => new Date(x.getFullYear(), x.getMonth(), x.getDate()).getTime();
+  const days = Math.round((startOf(today) - startOf(d)) / 86_400_000);
+  if (days === 0) return "Today";
+  if (days === 1) return "Yesterday";
+  if (d.getFullYear() !== today.getFullYear())
+    return d.toLocaleDateString("en-US", { month: "long", day: "numeric", year: "numeric" });
+  return d.toLocaleDateString("en-US", { weekday: "long", month: "long", day: "numeric" });
+}
+
+/** "14:05"-style time of day. */
+export function timeOfDay(ts: number): string {
+  return new Date(ts).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+}
+
+export function buildRows(messages: readonly Message[], now: number = Date.now()): Row[] {
+  const rows: Row[] = [];
+  let prev: Message | null = null;
+  for (const m of messages) {
+    const day = dayKey(m.ts);
+    const newDay = !prev || dayKey(prev.ts) !== day;
+    if (newDay) rows.push({ kind: "day", key: `day-${day}`, label: dayLabel(m.ts, now) });
+    const grouped =
+      !newDay &&
+      prev !== null &&
+      prev.author.key === m.author.key &&
+      prev.verified === m.verified &&
+      !prev.deleted &&
+      m.ts - prev.ts < GROUP_WINDOW_MS &&
+      m.ts >= prev.ts;
+    rows.push({ kind: "msg", key: m.id, message: m, grouped });
+    prev = m;
+  }
+  return rows;
+}
