@@ -7,6 +7,7 @@
 //! a message is acknowledged only once the transaction commits.
 #![deny(missing_docs)]
 
+pub mod api;
 mod docs;
 pub mod net;
 pub mod node;
@@ -117,6 +118,8 @@ pub struct Store {
     local: BTreeSet<DocId>,
     /// (data_version, max chunk seq) at the last [`Store::external_changes`].
     external: Option<(i64, i64)>,
+    /// Messages (re)projected since live views last looked (`api`); `None` until one watches.
+    watch: Option<api::Touched>,
 }
 
 impl std::fmt::Debug for Store {
@@ -156,6 +159,7 @@ impl Store {
             dirty: BTreeSet::new(),
             local: BTreeSet::new(),
             external: None,
+            watch: None,
         })
     }
 
@@ -171,11 +175,6 @@ impl Store {
             return Err(StoreError::AlreadyInitialized(me.name.clone()));
         }
         let me = Identity::from_secrets(random(), random(), name);
-        let value = serde_json::json!({
-            "person": hex::encode(me.person.to_bytes()),
-            "device": hex::encode(me.device.to_bytes()),
-            "name": name,
-        });
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -184,7 +183,7 @@ impl Store {
         }
         tx.execute(
             "INSERT INTO meta (key, value) VALUES ('identity', ?1)",
-            [value.to_string()],
+            [identity_record(&me)],
         )?;
         tx.commit()?;
         self.identity = Some(me);
@@ -232,9 +231,11 @@ impl Store {
             views: &mut self.views,
             me: &me,
             changed: Vec::new(),
+            projected: Vec::new(),
         };
         let result = f(&mut w);
         let changed = std::mem::take(&mut w.changed);
+        let projected = std::mem::take(&mut w.projected);
         let outcome = result.and_then(|r| {
             tx.commit()?;
             Ok(r)
@@ -243,6 +244,9 @@ impl Store {
             Ok(r) => {
                 self.dirty.extend(changed.iter().copied());
                 self.local.extend(changed.iter().copied());
+                if let Some(watch) = &mut self.watch {
+                    watch.add(projected);
+                }
                 Ok((r, changed))
             }
             Err(e) => {
@@ -625,6 +629,16 @@ impl Store {
     }
 }
 
+/// How an identity is kept in `meta` (read back by [`load_identity`]).
+fn identity_record(me: &Identity) -> String {
+    serde_json::json!({
+        "person": hex::encode(me.person.to_bytes()),
+        "device": hex::encode(me.device.to_bytes()),
+        "name": me.name,
+    })
+    .to_string()
+}
+
 fn load_identity(conn: &Connection) -> Result<Option<Identity>, StoreError> {
     let v: Option<String> = conn
         .query_row("SELECT value FROM meta WHERE key = 'identity'", [], |r| {
@@ -654,6 +668,8 @@ pub(crate) struct Writer<'a> {
     views: &'a mut HashMap<DocId, (Vec<automerge::ChangeHash>, WorkspaceView)>,
     me: &'a Identity,
     changed: Changed,
+    /// (channel, message) of every message this transaction projected.
+    projected: Vec<(DocId, MessageId)>,
 }
 
 impl Writer<'_> {

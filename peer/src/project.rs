@@ -106,6 +106,7 @@ impl Writer<'_> {
             Some(ids) => ids.into_iter().collect(),
             None => bucket::message_ids(doc),
         };
+        self.projected.extend(ids.iter().map(|id| (channel, *id)));
         let (w, c, b) = (ws.to_string(), channel.to_string(), bucket_id.to_string());
         let mut upsert = tx.prepare_cached(
             "INSERT INTO messages (id, channel, workspace, bucket, author, ts, text, mentions,

@@ -234,7 +234,11 @@ impl Store {
 
     /// Channels of the current workspace, with unread and mention counts.
     pub fn channels(&self) -> Result<Vec<ChannelRow>, StoreError> {
-        let ws = self.require_workspace()?;
+        self.channels_in(self.require_workspace()?)
+    }
+
+    /// Channels of workspace `ws`, with unread and mention counts.
+    pub fn channels_in(&self, ws: DocId) -> Result<Vec<ChannelRow>, StoreError> {
         let me = self.identity()?.person_id().to_string();
         let mut stmt = self.conn.prepare_cached(
             "SELECT c.id, c.name, c.topic, c.private,
@@ -274,6 +278,32 @@ impl Store {
                 Ok(c)
             })
             .collect()
+    }
+
+    /// When the newest message of a channel's main timeline was posted, ms.
+    pub fn last_message_ts(&self, channel: DocId) -> Result<Option<i64>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT max(ts) FROM messages WHERE channel = ?1 AND thread_root IS NULL",
+            )?
+            .query_row([channel.to_string()], |r| r.get(0))?)
+    }
+
+    /// What kind of document `id` is (`workspace`, `channel`, `bucket`) and its channel.
+    pub(crate) fn doc_kind(
+        &self,
+        id: DocId,
+    ) -> Result<Option<(String, Option<DocId>)>, StoreError> {
+        let row: Option<(String, Option<String>)> = self
+            .conn
+            .prepare_cached("SELECT kind, channel FROM docs WHERE id = ?1")?
+            .query_row([id.to_string()], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        Ok(match row {
+            Some((kind, channel)) => Some((kind, channel.map(|c| c.parse()).transpose()?)),
+            None => None,
+        })
     }
 
     /// Members of the current workspace.

@@ -695,6 +695,24 @@ impl Store {
         Ok(())
     }
 
+    /// Changes my display name: in this home's identity and in every workspace I belong to.
+    pub fn set_name(&mut self, name: &str) -> Result<(), StoreError> {
+        crdt_model::validate_name(name, false)?;
+        let mut me = self.identity()?.clone();
+        me.name = name.to_owned();
+        self.conn.execute(
+            "UPDATE meta SET value = ?1 WHERE key = 'identity'",
+            [crate::identity_record(&me)],
+        )?;
+        self.identity = Some(me);
+        for ws in self.workspaces()? {
+            if ws.role != Role::Removed.as_str() {
+                self.set_profile(ws.id.parse()?, name)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Documents written by the last local writes, for [`Event::LocalChange`]. Taken once.
     pub fn take_local_changes(&mut self) -> Vec<DocId> {
         std::mem::take(&mut self.local).into_iter().collect()

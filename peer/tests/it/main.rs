@@ -1,5 +1,6 @@
 //! Integration tests of `peer::Store` on real SQLite files: one binary, several modules.
 
+mod api;
 mod chat;
 mod common;
 mod concurrency;

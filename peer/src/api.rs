@@ -1,0 +1,1183 @@
+//! The app's API: one transport-free dispatcher over a running [`Node`], and the batched event
+//! stream a UI renders from.
+//!
+//! Two transports serve it unchanged: the Tauri shell (`app`: one command `api`, events on
+//! `flyt://events`) and `flyt serve --ui` (`cli`: `POST /api`, Server-Sent Events at
+//! `/events`). The contract both implement, and the UI in `app/ui` is written against, is
+//! `peer/src/api.md`.
+//!
+//! [`Api`] starts its node lazily: a home without an identity answers `whoami` and `init`
+//! only; once `init` has run (here or from the CLI) the node starts and every other request
+//! works. Each request is one closure on the node's store thread ([`Node::call`]), so the web
+//! view never touches the network or the database.
+//!
+//! Events: the node's events and every message the store projected (local writes and peers'
+//! changes alike) are gathered and sent as one [`Batch`] at most every [`BATCH_INTERVAL`]; the
+//! first event after a quiet spell goes out at once.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crdt_model::{DeviceId, DocId, MessageId, ModelError, Role};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::sync::broadcast;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, warn};
+
+use crate::node::{Node, NodeConfig, NodeError, NodeEvent};
+use crate::{ChannelRow, MessageRow, Store, StoreError};
+
+/// Events are sent at most this often (one frame at 60 Hz).
+pub const BATCH_INTERVAL: Duration = Duration::from_millis(16);
+
+/// More changed messages than this in one channel within one batch (a catching-up sync) are
+/// sent as one `refresh` event for the channel instead of one `message` event each.
+pub const MAX_MESSAGES_PER_CHANNEL: usize = 2_000;
+
+/// How long `join` waits for the workspace document after the inviter accepted.
+pub const JOIN_WAIT: Duration = Duration::from_secs(30);
+
+/// How many batches a slow subscriber may fall behind before it misses some (it then gets a
+/// `refresh` of everything, see [`lagged_batch`]).
+const BATCH_BACKLOG: usize = 256;
+
+/// One request, tagged by `cmd` (`{"cmd": "send", "channel": "general", "text": "hi"}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Request {
+    /// Who this home is: `{ initialized, name?, person?, device? }`.
+    Whoami,
+    /// Creates this home's identity; answers like `whoami`.
+    Init {
+        /// Display name.
+        name: String,
+    },
+    /// `[{ id, name, current, role, unread, mentions, members }]`.
+    Workspaces,
+    /// Creates a workspace I own and makes it current: `{ id }`.
+    WorkspaceCreate {
+        /// Its name.
+        name: String,
+    },
+    /// Makes a workspace current (by id or name).
+    WorkspaceUse {
+        /// Workspace id or name.
+        id: String,
+    },
+    /// Joins a workspace with an invite ticket: `{ workspace }` once its document arrived.
+    Join {
+        /// The `flyt1…` ticket.
+        ticket: String,
+    },
+    /// Channels of the current workspace: `[ChannelView]`.
+    Channels,
+    /// Creates a channel: its [`ChannelView`].
+    ChannelCreate {
+        /// Name, with or without `#`.
+        name: String,
+        /// What it is about.
+        #[serde(default)]
+        topic: String,
+        /// Only invited members see it.
+        #[serde(default)]
+        private: bool,
+    },
+    /// A page of messages, oldest first.
+    Read {
+        /// Channel id or name.
+        channel: String,
+        /// How many (default 50).
+        limit: Option<usize>,
+        /// Only messages older than this id.
+        before: Option<String>,
+        /// The thread of this message instead of the channel.
+        thread: Option<String>,
+    },
+    /// Posts a message: the new message.
+    Send {
+        /// Channel id or name.
+        channel: String,
+        /// Markdown text.
+        text: String,
+        /// Quotes this message.
+        reply_to: Option<String>,
+        /// Replies in this message's thread.
+        thread: Option<String>,
+    },
+    /// Edits my message.
+    Edit {
+        /// Message id.
+        id: String,
+        /// New text.
+        text: String,
+    },
+    /// Deletes a message for everyone.
+    Delete {
+        /// Message id.
+        id: String,
+    },
+    /// Adds (`on`) or removes my reaction.
+    React {
+        /// Message id.
+        id: String,
+        /// The emoji.
+        emoji: String,
+        /// Add (true, the default) or remove.
+        #[serde(default = "yes")]
+        on: bool,
+    },
+    /// Full-text search, newest first.
+    Search {
+        /// What was typed.
+        query: String,
+        /// Only this channel (id or name).
+        channel: Option<String>,
+        /// How many (default 20).
+        limit: Option<usize>,
+    },
+    /// Marks a channel read up to its newest message.
+    MarkRead {
+        /// Channel id or name.
+        channel: String,
+    },
+    /// Members of the current workspace: `[MemberView]`.
+    Members,
+    /// Changes a member's role (`admin` or `member`).
+    MemberRole {
+        /// Person key or display name.
+        person: String,
+        /// `admin` or `member`.
+        role: String,
+    },
+    /// Removes a member.
+    MemberRemove {
+        /// Person key or display name.
+        person: String,
+    },
+    /// A single-use invite ticket: `{ ticket, expires_ts }`.
+    Invite {
+        /// Valid for this long (default a day).
+        expires_secs: Option<u64>,
+        /// `member` (default) or `admin`.
+        role: Option<String>,
+    },
+    /// Changes my display name everywhere.
+    SetName {
+        /// The new name.
+        name: String,
+    },
+    /// The node and its peers: a [`StatusView`].
+    Status,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Every `cmd` [`Request`] knows (to tell an unknown request from a malformed one).
+const COMMANDS: &[&str] = &[
+    "whoami",
+    "init",
+    "workspaces",
+    "workspace_create",
+    "workspace_use",
+    "join",
+    "channels",
+    "channel_create",
+    "read",
+    "send",
+    "edit",
+    "delete",
+    "react",
+    "search",
+    "mark_read",
+    "members",
+    "member_role",
+    "member_remove",
+    "invite",
+    "set_name",
+    "status",
+];
+
+/// Why a request failed: a stable code for programs and one sentence for people.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiError {
+    /// What kind of failure.
+    pub code: ErrorCode,
+    /// One friendly sentence a UI can show as is.
+    pub message: String,
+}
+
+/// The stable error codes of the API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// Malformed or invalid input (empty or too long text, a garbage ticket...).
+    BadRequest,
+    /// No such workspace, channel, member or message.
+    NotFound,
+    /// The action needs a role or authorship I do not have, or a peer refused.
+    NotAllowed,
+    /// `init` has not run yet.
+    NotInitialized,
+    /// A peer or relay did not answer, or the node is stopping.
+    Unavailable,
+    /// A bug or a broken database; the log has the cause.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The HTTP status `flyt serve --ui` answers with.
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorCode::BadRequest => 400,
+            ErrorCode::NotAllowed => 403,
+            ErrorCode::NotFound => 404,
+            ErrorCode::NotInitialized => 409,
+            ErrorCode::Unavailable => 503,
+            ErrorCode::Internal => 500,
+        }
+    }
+}
+
+impl ApiError {
+    /// An error with this code and sentence.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// A `bad_request` (for transports: a body that is not JSON, for instance).
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(ErrorCode::BadRequest, message)
+    }
+
+    fn internal(cause: &dyn std::fmt::Display) -> ApiError {
+        error!("api: internal error: {cause:#}");
+        ApiError::new(
+            ErrorCode::Internal,
+            "Something went wrong inside Flyt; the log has the details.",
+        )
+    }
+}
+
+/// `"only owners and admins invite"` → `"Only owners and admins invite."`
+fn sentence(s: &str) -> String {
+    let mut c = s.chars();
+    let mut out: String = match c.next() {
+        Some(first) => first.to_uppercase().chain(c).collect(),
+        None => return String::new(),
+    };
+    if !out.ends_with(['.', '!', '?']) {
+        out.push('.');
+    }
+    out
+}
+
+impl From<ModelError> for ApiError {
+    fn from(e: ModelError) -> ApiError {
+        use ErrorCode::*;
+        let (code, message) = match &e {
+            ModelError::EmptyText => (BadRequest, "A message cannot be empty.".to_owned()),
+            ModelError::TextTooLong(n) => (
+                BadRequest,
+                format!(
+                    "This message is {n} characters long; the limit is {}.",
+                    crdt_model::MAX_TEXT_CHARS
+                ),
+            ),
+            ModelError::BadId(s) => (BadRequest, format!("{s:?} is not a valid id.")),
+            ModelError::Malformed(what) => (BadRequest, sentence(what)),
+            ModelError::UnknownVersion(_) => (
+                BadRequest,
+                "This was made by a newer Flyt; update Flyt to use it.".to_owned(),
+            ),
+            ModelError::BadSignature => (
+                BadRequest,
+                "Its signature does not check out, so it was not accepted.".to_owned(),
+            ),
+            ModelError::BadEmoji(s) => (BadRequest, format!("{s:?} is not an emoji Flyt knows.")),
+            ModelError::BadName(why) => (BadRequest, format!("That name does not work: {why}.")),
+            ModelError::Expired => (BadRequest, sentence(&e.to_string())),
+            ModelError::Deleted(_) => (BadRequest, "That message was deleted.".to_owned()),
+            ModelError::NoSuchMessage(_) => (NotFound, "That message does not exist.".to_owned()),
+            ModelError::NotAllowed(why) => (NotAllowed, sentence(why)),
+            _ => return ApiError::internal(&e),
+        };
+        ApiError { code, message }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> ApiError {
+        use ErrorCode::*;
+        let (code, message) = match e {
+            StoreError::Model(m) => return m.into(),
+            StoreError::NoIdentity => (NotInitialized, "Choose your name first.".to_owned()),
+            StoreError::AlreadyInitialized(name) => (
+                BadRequest,
+                format!("This Flyt is already set up for {name}."),
+            ),
+            StoreError::NoWorkspace => (NotFound, "Create or join a workspace first.".to_owned()),
+            StoreError::UnknownWorkspace(w) => (NotFound, format!("There is no workspace {w:?}.")),
+            StoreError::UnknownChannel(c) => (
+                NotFound,
+                format!("There is no channel {c:?} in this workspace."),
+            ),
+            StoreError::UnknownMember(m) => (
+                NotFound,
+                format!("There is no member {m:?} in this workspace."),
+            ),
+            StoreError::UnknownMessage(_) => (
+                NotFound,
+                "That message does not exist (or has not synced yet).".to_owned(),
+            ),
+            StoreError::ChannelExists(c) => {
+                (BadRequest, format!("A channel named #{c} already exists."))
+            }
+            e @ StoreError::Ambiguous(..) => (BadRequest, sentence(&e.to_string())),
+            e @ StoreError::NewerSchema { .. } => {
+                error!("api: {e}");
+                (Internal, sentence(&e.to_string()))
+            }
+            e => return ApiError::internal(&e),
+        };
+        ApiError { code, message }
+    }
+}
+
+impl From<NodeError> for ApiError {
+    fn from(e: NodeError) -> ApiError {
+        use ErrorCode::*;
+        let (code, message) = match e {
+            NodeError::Store(s) => return s.into(),
+            NodeError::Net(n) => {
+                debug!("api: network: {n:#}");
+                (
+                    Unavailable,
+                    "Could not reach the other device; check that it is running and reachable."
+                        .to_owned(),
+                )
+            }
+            NodeError::Refused(why) => (NotAllowed, format!("The other device said no: {why}.")),
+            NodeError::Timeout(what) => (
+                Unavailable,
+                format!("The other device did not answer in time ({what})."),
+            ),
+            NodeError::Stopped => (Unavailable, "Flyt is shutting down.".to_owned()),
+        };
+        ApiError { code, message }
+    }
+}
+
+/// Parses a request from JSON, telling an unknown `cmd` from a malformed one.
+pub fn parse_request(v: Value) -> Result<Request, ApiError> {
+    let cmd = v.get("cmd").and_then(Value::as_str).map(str::to_owned);
+    serde_json::from_value(v).map_err(|e| match cmd {
+        None => ApiError::bad_request("A request needs a \"cmd\" field saying what to do."),
+        Some(c) if !COMMANDS.contains(&c.as_str()) => {
+            ApiError::bad_request(format!("This Flyt does not know the request {c:?}."))
+        }
+        Some(c) => ApiError::bad_request(format!("The {c:?} request is malformed: {e}.")),
+    })
+}
+
+/// A workspace in the switcher.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkspaceView {
+    /// Workspace id.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// The current one.
+    pub current: bool,
+    /// My role: owner, admin, member or removed.
+    pub role: String,
+    /// Unread messages over all its channels.
+    pub unread: i64,
+    /// Of those, how many mention me.
+    pub mentions: i64,
+    /// Member count.
+    pub members: i64,
+}
+
+/// A channel in the sidebar.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelView {
+    /// Channel id.
+    pub id: String,
+    /// Name without `#`.
+    pub name: String,
+    /// Topic.
+    pub topic: String,
+    /// Private channel.
+    pub private: bool,
+    /// A direct-message channel (always false until DMs land).
+    pub dm: bool,
+    /// Messages from others since I last read it.
+    pub unread: i64,
+    /// Of those, how many mention me.
+    pub mentions: i64,
+    /// When its newest message was posted (ms), if it has one.
+    pub last_ts: Option<i64>,
+}
+
+/// A member of the current workspace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberView {
+    /// Person key, hex.
+    pub person: String,
+    /// Display name.
+    pub name: String,
+    /// owner, admin or member.
+    pub role: String,
+}
+
+/// What the node is doing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusView {
+    /// At least one peer is connected right now.
+    pub online: bool,
+    /// Peers this node knows and keeps connected to.
+    pub peers: Vec<PeerView>,
+    /// Relays this node uses (none until the relay lands).
+    pub relays: Vec<String>,
+}
+
+/// One known peer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerView {
+    /// Its device id.
+    pub device: String,
+    /// Its person's display name, if known.
+    pub name: Option<String>,
+    /// Documents with a saved sync state for it.
+    pub docs_synced: i64,
+    /// Connected right now.
+    pub connected: bool,
+}
+
+/// One event for the UI.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+#[non_exhaustive]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "nearly every event is a message: boxing would only add an allocation each"
+)]
+pub enum ApiEvent {
+    /// A message appeared or changed (new, edited, deleted, reacted, reply count), local or
+    /// remote.
+    Message {
+        /// The message as `read` returns it.
+        message: MessageRow,
+    },
+    /// Channels, unread or mention counts, or the workspace list changed: refetch them.
+    Channels,
+    /// Members, names or roles changed: refetch them.
+    Members,
+    /// Peers came or went: the new status.
+    Status(StatusView),
+    /// Too much changed to send message by message (a sync catching up, writes by another
+    /// process on this home, or a subscriber that fell behind): refetch the messages shown of
+    /// `channel`, or of every channel when it is absent.
+    Refresh {
+        /// Channel id; absent: all channels.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        channel: Option<String>,
+    },
+}
+
+/// One batch of events, as a transport sends it (a JSON array).
+pub type Batch = Arc<Vec<ApiEvent>>;
+
+/// What a transport sends a subscriber that fell behind and missed batches.
+pub fn lagged_batch() -> Batch {
+    Arc::new(vec![
+        ApiEvent::Refresh { channel: None },
+        ApiEvent::Channels,
+        ApiEvent::Members,
+    ])
+}
+
+/// Messages the store projected since the batcher last looked, by channel.
+#[derive(Debug, Default)]
+pub(crate) struct Touched {
+    by_channel: BTreeMap<DocId, BTreeSet<MessageId>>,
+    /// Channels with more than [`MAX_MESSAGES_PER_CHANNEL`]: refreshed as a whole.
+    overflow: BTreeSet<DocId>,
+}
+
+impl Touched {
+    pub(crate) fn add(&mut self, projected: Vec<(DocId, MessageId)>) {
+        for (channel, id) in projected {
+            if self.overflow.contains(&channel) {
+                continue;
+            }
+            let ids = self.by_channel.entry(channel).or_default();
+            ids.insert(id);
+            if ids.len() > MAX_MESSAGES_PER_CHANNEL {
+                self.by_channel.remove(&channel);
+                self.overflow.insert(channel);
+            }
+        }
+    }
+}
+
+impl Store {
+    /// Starts recording which messages are projected, for [`Store::take_touched`].
+    fn watch_messages(&mut self) {
+        self.watch.get_or_insert_with(Touched::default);
+    }
+
+    /// The messages projected since the last call (keeps recording).
+    fn take_touched(&mut self) -> Touched {
+        self.watch.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+}
+
+/// Connected peers, counted per connection (a replacing connection comes up before the old one
+/// goes down).
+#[derive(Debug, Default)]
+struct Live(Mutex<HashMap<DeviceId, u32>>);
+
+impl Live {
+    fn up(&self, p: DeviceId) {
+        *self.0.lock().expect("live lock").entry(p).or_default() += 1;
+    }
+
+    fn down(&self, p: DeviceId) {
+        let mut m = self.0.lock().expect("live lock");
+        if let Some(n) = m.get_mut(&p) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&p);
+            }
+        }
+    }
+
+    fn connected(&self) -> Vec<DeviceId> {
+        self.0.lock().expect("live lock").keys().copied().collect()
+    }
+}
+
+/// The API over one home. Cheap to share behind an `Arc`; call [`Api::shutdown`] at the end.
+#[derive(Debug)]
+pub struct Api {
+    cfg: NodeConfig,
+    node: Mutex<Option<Arc<Node>>>,
+    /// Serialises starting the node.
+    starting: tokio::sync::Mutex<()>,
+    live: Arc<Live>,
+    batches: broadcast::Sender<Batch>,
+    cancel: CancellationToken,
+    batcher: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Api {
+    /// The API for the home whose database is `cfg.db`; starts its node now if the home has an
+    /// identity (so it syncs before the first request), else on `init`.
+    pub async fn open(cfg: NodeConfig) -> Result<Api, ApiError> {
+        let (batches, _) = broadcast::channel(BATCH_BACKLOG);
+        let api = Api {
+            cfg,
+            node: Mutex::new(None),
+            starting: tokio::sync::Mutex::new(()),
+            live: Arc::default(),
+            batches,
+            cancel: CancellationToken::new(),
+            batcher: Mutex::new(None),
+        };
+        match api.node().await {
+            Ok(_) => Ok(api),
+            Err(e) if e.code == ErrorCode::NotInitialized => Ok(api),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Event batches from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Batch> {
+        self.batches.subscribe()
+    }
+
+    /// The running node, started on first need once the home has an identity.
+    async fn node(&self) -> Result<Arc<Node>, ApiError> {
+        if let Some(n) = self.node.lock().expect("node lock").clone() {
+            return Ok(n);
+        }
+        let _starting = self.starting.lock().await;
+        if let Some(n) = self.node.lock().expect("node lock").clone() {
+            return Ok(n);
+        }
+        if self.cancel.is_cancelled() {
+            return Err(NodeError::Stopped.into());
+        }
+        let db = self.cfg.db.clone();
+        let initialized =
+            tokio::task::spawn_blocking(move || Store::open(&db).map(|s| s.identity().is_ok()))
+                .await
+                .map_err(|e| ApiError::internal(&e))??;
+        if !initialized {
+            return Err(StoreError::NoIdentity.into());
+        }
+        let node = Arc::new(Node::start(self.cfg.clone()).await?);
+        let events = node.subscribe();
+        node.call(Store::watch_messages).await?;
+        let batcher = tokio::spawn(batcher(
+            node.clone(),
+            events,
+            self.live.clone(),
+            self.batches.clone(),
+            self.cancel.clone(),
+        ));
+        *self.batcher.lock().expect("batcher lock") = Some(batcher);
+        *self.node.lock().expect("node lock") = Some(node.clone());
+        Ok(node)
+    }
+
+    /// Runs `f` on the store thread; its result becomes the response.
+    async fn call<R: Serialize + Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Store) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<Value, ApiError> {
+        let r = self.node().await?.call(f).await??;
+        serde_json::to_value(r).map_err(|e| ApiError::internal(&e))
+    }
+
+    /// Parses and answers one JSON request.
+    pub async fn handle_json(&self, req: Value) -> Result<Value, ApiError> {
+        self.handle(parse_request(req)?).await
+    }
+
+    /// Answers one request.
+    pub async fn handle(&self, req: Request) -> Result<Value, ApiError> {
+        match req {
+            Request::Whoami => match self.node().await {
+                Ok(_) => self.call(|s| Ok(whoami(s))).await,
+                Err(e) if e.code == ErrorCode::NotInitialized => Ok(json!({"initialized": false})),
+                Err(e) => Err(e),
+            },
+            Request::Init { name } => {
+                let db = self.cfg.db.clone();
+                tokio::task::spawn_blocking(move || {
+                    Store::open(&db)?.init(&name)?;
+                    Ok::<_, StoreError>(())
+                })
+                .await
+                .map_err(|e| ApiError::internal(&e))??;
+                self.call(|s| Ok(whoami(s))).await
+            }
+            Request::Workspaces => self.call(workspaces).await,
+            Request::WorkspaceCreate { name } => {
+                self.call(move |s| {
+                    s.identity()?;
+                    Ok(json!({ "id": s.create_workspace(&name)?.to_string() }))
+                })
+                .await
+            }
+            Request::WorkspaceUse { id } => {
+                self.call(move |s| {
+                    s.identity()?;
+                    let ws = s.find_workspace(&id)?;
+                    s.use_workspace(ws)
+                })
+                .await
+            }
+            Request::Join { ticket } => self.join(ticket).await,
+            Request::Channels => {
+                self.call(|s| {
+                    s.channels()?
+                        .into_iter()
+                        .map(|c| channel_view(s, c))
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .await
+            }
+            Request::ChannelCreate {
+                name,
+                topic,
+                private,
+            } => {
+                self.call(move |s| {
+                    let id = s.create_channel(&name, &topic, private)?.to_string();
+                    let row = s.channels()?.into_iter().find(|c| c.id == id);
+                    let row = row.ok_or(StoreError::UnknownChannel(id))?;
+                    channel_view(s, row)
+                })
+                .await
+            }
+            Request::Read {
+                channel,
+                limit,
+                before,
+                thread,
+            } => {
+                self.call(move |s| {
+                    let ch = s.find_channel(&channel)?;
+                    s.read(
+                        ch,
+                        limit.unwrap_or(50),
+                        before.as_deref(),
+                        thread.as_deref(),
+                    )
+                })
+                .await
+            }
+            Request::Send {
+                channel,
+                text,
+                reply_to,
+                thread,
+            } => {
+                self.call(move |s| {
+                    let ch = s.find_channel(&channel)?;
+                    let reply_to = reply_to.map(|r| s.resolve_message(&r)).transpose()?;
+                    let thread = thread.map(|t| s.resolve_message(&t)).transpose()?;
+                    s.post(ch, &text, reply_to, thread)
+                })
+                .await
+            }
+            Request::Edit { id, text } => self.call(move |s| s.edit(&id, &text)).await,
+            Request::Delete { id } => self.call(move |s| s.delete(&id)).await,
+            Request::React { id, emoji, on } => self.call(move |s| s.react(&id, &emoji, on)).await,
+            Request::Search {
+                query,
+                channel,
+                limit,
+            } => {
+                self.call(move |s| {
+                    let ch = channel.map(|c| s.find_channel(&c)).transpose()?;
+                    s.search(&query, ch, limit.unwrap_or(20))
+                })
+                .await
+            }
+            Request::MarkRead { channel } => {
+                self.call(move |s| {
+                    let ch = s.find_channel(&channel)?;
+                    s.mark_read(ch)
+                })
+                .await
+            }
+            Request::Members => self.call(|s| members(s)).await,
+            Request::MemberRole { person, role } => {
+                let role = match role.as_str() {
+                    "admin" => Role::Admin,
+                    "member" => Role::Member,
+                    _ => {
+                        return Err(ApiError::bad_request(format!(
+                            "A role is \"admin\" or \"member\", not {role:?}."
+                        )));
+                    }
+                };
+                self.call(move |s| s.set_role(&person, role)).await
+            }
+            Request::MemberRemove { person } => {
+                self.call(move |s| s.set_role(&person, Role::Removed)).await
+            }
+            Request::Invite { expires_secs, role } => self.invite(expires_secs, role).await,
+            Request::SetName { name } => self.call(move |s| s.set_name(&name)).await,
+            Request::Status => {
+                let live = self.live.clone();
+                self.call(move |s| status(s, &live.connected())).await
+            }
+        }
+    }
+
+    async fn join(&self, ticket: String) -> Result<Value, ApiError> {
+        let node = self.node().await?;
+        let mut events = node.subscribe();
+        let ws = node.join(&ticket).await?;
+        let deadline = Instant::now() + JOIN_WAIT;
+        loop {
+            let have = node
+                .call(move |s| -> Result<bool, StoreError> {
+                    Ok(s.workspaces()?.iter().any(|w| w.id == ws.to_string()))
+                })
+                .await??;
+            if have {
+                break;
+            }
+            match tokio::time::timeout_at(deadline, events.recv()).await {
+                Ok(Ok(_) | Err(broadcast::error::RecvError::Lagged(_))) => {}
+                Ok(Err(broadcast::error::RecvError::Closed)) => {
+                    return Err(NodeError::Stopped.into());
+                }
+                Err(_) => {
+                    return Err(ApiError::new(
+                        ErrorCode::Unavailable,
+                        "The invite was accepted, but the workspace did not arrive within 30 \
+                         seconds; it keeps syncing in the background.",
+                    ));
+                }
+            }
+        }
+        self.call(move |s| {
+            s.use_workspace(ws)?;
+            let name = s.identity()?.name.clone();
+            s.set_profile(ws, &name)?;
+            Ok(json!({ "workspace": ws.to_string() }))
+        })
+        .await
+    }
+
+    async fn invite(
+        &self,
+        expires_secs: Option<u64>,
+        role: Option<String>,
+    ) -> Result<Value, ApiError> {
+        let role = match role.as_deref().unwrap_or("member") {
+            "member" => Role::Member,
+            "admin" => Role::Admin,
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "An invite grants \"member\" or \"admin\", not {other:?}."
+                )));
+            }
+        };
+        // A year at most: a ticket is a secret that should not live forever.
+        let secs = expires_secs.unwrap_or(86_400);
+        if secs == 0 || secs > 365 * 86_400 {
+            return Err(ApiError::bad_request(
+                "An invite is valid for between 1 second and a year.",
+            ));
+        }
+        let node = self.node().await?;
+        let addrs: Vec<String> = node.addr().addrs.iter().map(|a| a.to_string()).collect();
+        self.call(move |s| {
+            let ticket = s.invite(role, secs as i64 * 1000, addrs)?;
+            let expires = crdt_model::invite::decode(&ticket, crate::now_ms())?
+                .payload
+                .expires_ms;
+            Ok(json!({ "ticket": ticket, "expires_ts": expires }))
+        })
+        .await
+    }
+
+    /// Stops the event batcher and the node (sync states saved, storage flushed). Requests
+    /// after this answer `unavailable`.
+    pub async fn shutdown(&self) {
+        self.cancel.cancel();
+        let _starting = self.starting.lock().await;
+        let batcher = self.batcher.lock().expect("batcher lock").take();
+        if let Some(b) = batcher {
+            let _ = b.await;
+        }
+        let node = self.node.lock().expect("node lock").take();
+        if let Some(node) = node {
+            match Arc::into_inner(node) {
+                Some(node) => node.shutdown().await,
+                None => warn!("api: a request still holds the node at shutdown"),
+            }
+        }
+    }
+}
+
+fn whoami(s: &Store) -> Value {
+    match s.identity() {
+        Ok(me) => json!({
+            "initialized": true,
+            "name": me.name,
+            "person": me.person_id().to_string(),
+            "device": me.device_id().to_string(),
+        }),
+        Err(_) => json!({ "initialized": false }),
+    }
+}
+
+fn workspaces(s: &mut Store) -> Result<Vec<WorkspaceView>, StoreError> {
+    s.workspaces()?
+        .into_iter()
+        .map(|w| {
+            let (unread, mentions) = s
+                .channels_in(w.id.parse()?)?
+                .iter()
+                .fold((0, 0), |(u, m), c| (u + c.unread, m + c.mentions));
+            Ok(WorkspaceView {
+                id: w.id,
+                name: w.name,
+                current: w.current,
+                role: w.role,
+                unread,
+                mentions,
+                members: w.members,
+            })
+        })
+        .collect()
+}
+
+fn channel_view(s: &Store, c: ChannelRow) -> Result<ChannelView, StoreError> {
+    Ok(ChannelView {
+        last_ts: s.last_message_ts(c.id.parse()?)?,
+        id: c.id,
+        name: c.name,
+        topic: c.topic,
+        private: c.private,
+        dm: false,
+        unread: c.unread,
+        mentions: c.mentions,
+    })
+}
+
+fn members(s: &Store) -> Result<Vec<MemberView>, StoreError> {
+    Ok(s.members()?
+        .into_iter()
+        .map(|m| MemberView {
+            person: m.key,
+            name: m.name,
+            role: m.role,
+        })
+        .collect())
+}
+
+fn status(s: &Store, connected: &[DeviceId]) -> Result<StatusView, StoreError> {
+    let connected: Vec<String> = connected.iter().map(|d| d.to_string()).collect();
+    let peers: Vec<PeerView> = s
+        .status()?
+        .peers
+        .into_iter()
+        .map(|p| PeerView {
+            connected: connected.contains(&p.device),
+            device: p.device,
+            name: p.name,
+            docs_synced: p.synced_documents,
+        })
+        .collect();
+    Ok(StatusView {
+        online: !connected.is_empty(),
+        peers,
+        relays: Vec::new(),
+    })
+}
+
+/// What happened since the last batch.
+#[derive(Debug, Default)]
+struct Pending {
+    docs: BTreeSet<DocId>,
+    status: bool,
+    lagged: bool,
+}
+
+impl Pending {
+    /// Notes one node event; false once the node's event stream ended.
+    fn note(&mut self, ev: Result<NodeEvent, broadcast::error::RecvError>, live: &Live) -> bool {
+        match ev {
+            Ok(NodeEvent::Changed(d)) => {
+                self.docs.insert(d);
+            }
+            Ok(NodeEvent::LocalWrite(ds)) => self.docs.extend(ds),
+            Ok(NodeEvent::PeerUp(p)) => {
+                live.up(p);
+                self.status = true;
+            }
+            Ok(NodeEvent::PeerDown(p)) => {
+                live.down(p);
+                self.status = true;
+            }
+            Err(broadcast::error::RecvError::Lagged(_)) => self.lagged = true,
+            Err(broadcast::error::RecvError::Closed) => return false,
+        }
+        true
+    }
+
+    /// The batch, rendered on the store thread from the projection.
+    fn render(self, s: &mut Store, connected: &[DeviceId]) -> Vec<ApiEvent> {
+        let touched = s.take_touched();
+        let mut out = Vec::new();
+        let (mut channels, mut members) = (self.lagged, self.lagged);
+        let mut refresh = touched.overflow;
+        for d in self.docs {
+            match s.doc_kind(d) {
+                Ok(Some((kind, channel))) => match kind.as_str() {
+                    "workspace" => (channels, members) = (true, true),
+                    "channel" => channels = true,
+                    _ => {
+                        channels = true;
+                        // A bucket changed but this process projected nothing of it: another
+                        // process on this home wrote it.
+                        if let Some(c) = channel
+                            && !touched.by_channel.contains_key(&c)
+                        {
+                            refresh.insert(c);
+                        }
+                    }
+                },
+                Ok(None) => {}
+                Err(e) => warn!("api: looking up document {d}: {e:#}"),
+            }
+        }
+        if self.lagged {
+            out.push(ApiEvent::Refresh { channel: None });
+        }
+        for id in touched.by_channel.into_values().flatten() {
+            match s.message(&id.to_string()) {
+                Ok(message) => out.push(ApiEvent::Message { message }),
+                // Nothing readable under that key: not shown, so nothing to update.
+                Err(StoreError::UnknownMessage(_)) => {}
+                Err(e) => warn!("api: rendering message {id}: {e:#}"),
+            }
+        }
+        out.extend(refresh.into_iter().map(|c| ApiEvent::Refresh {
+            channel: Some(c.to_string()),
+        }));
+        if channels {
+            out.push(ApiEvent::Channels);
+        }
+        if members {
+            out.push(ApiEvent::Members);
+        }
+        if self.status {
+            match status(s, connected) {
+                Ok(st) => out.push(ApiEvent::Status(st)),
+                Err(e) => warn!("api: status: {e:#}"),
+            }
+        }
+        out
+    }
+}
+
+/// Turns node events into batches: waits for an event, gathers what follows until
+/// [`BATCH_INTERVAL`] after the previous batch, renders once on the store thread, sends.
+async fn batcher(
+    node: Arc<Node>,
+    mut events: broadcast::Receiver<NodeEvent>,
+    live: Arc<Live>,
+    out: broadcast::Sender<Batch>,
+    cancel: CancellationToken,
+) {
+    let mut next = Instant::now();
+    loop {
+        let Some(first) = cancel.run_until_cancelled(events.recv()).await else {
+            return;
+        };
+        let mut pending = Pending::default();
+        let mut open = pending.note(first, &live);
+        let deadline = next.max(Instant::now());
+        while open {
+            match tokio::time::timeout_at(deadline, events.recv()).await {
+                Ok(ev) => open = pending.note(ev, &live),
+                Err(_) => break,
+            }
+        }
+        let connected = live.connected();
+        match node.call(move |s| pending.render(s, &connected)).await {
+            Ok(batch) if !batch.is_empty() => {
+                let _ = out.send(Arc::new(batch));
+            }
+            Ok(_) => {}
+            Err(_) => return,
+        }
+        if !open {
+            return;
+        }
+        next = Instant::now() + BATCH_INTERVAL;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_parse_from_the_contracts_json() {
+        let r = parse_request(json!({"cmd": "send", "channel": "general", "text": "hi"})).unwrap();
+        assert_eq!(
+            r,
+            Request::Send {
+                channel: "general".into(),
+                text: "hi".into(),
+                reply_to: None,
+                thread: None
+            }
+        );
+        let r = parse_request(json!({"cmd": "react", "id": "abcd", "emoji": "👍"})).unwrap();
+        assert!(matches!(r, Request::React { on: true, .. }));
+        let r = parse_request(json!({"cmd": "channel_create", "name": "x"})).unwrap();
+        assert!(matches!(r, Request::ChannelCreate { private: false, .. }));
+    }
+
+    #[test]
+    fn every_known_command_is_a_request() {
+        for cmd in COMMANDS {
+            let e = parse_request(json!({ "cmd": cmd }));
+            if let Err(e) = e {
+                assert!(!e.message.contains("does not know"), "{cmd}: {}", e.message);
+            }
+        }
+    }
+
+    #[test]
+    fn malformed_requests_say_what_is_wrong() {
+        let e = parse_request(json!({"text": "hi"})).unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadRequest);
+        assert!(e.message.contains("\"cmd\""), "{}", e.message);
+        let e = parse_request(json!({"cmd": "teleport"})).unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadRequest);
+        assert_eq!(
+            e.message,
+            "This Flyt does not know the request \"teleport\"."
+        );
+        let e = parse_request(json!({"cmd": "send", "channel": "general"})).unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadRequest);
+        assert!(e.message.contains("missing field `text`"), "{}", e.message);
+        let e = parse_request(json!("send")).unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadRequest);
+    }
+
+    #[test]
+    fn errors_and_events_serialize_as_the_contract_says() {
+        let e = ApiError::from(StoreError::Model(ModelError::TextTooLong(40_001)));
+        assert_eq!(
+            serde_json::to_value(&e).unwrap(),
+            json!({"code": "bad_request",
+                   "message": "This message is 40001 characters long; the limit is 40000."})
+        );
+        assert_eq!(
+            serde_json::to_value(ApiEvent::Channels).unwrap(),
+            json!({"type": "channels"})
+        );
+        assert_eq!(
+            serde_json::to_value(ApiEvent::Refresh { channel: None }).unwrap(),
+            json!({"type": "refresh"})
+        );
+        let st = ApiEvent::Status(StatusView {
+            online: false,
+            peers: vec![],
+            relays: vec![],
+        });
+        assert_eq!(
+            serde_json::to_value(st).unwrap(),
+            json!({"type": "status", "online": false, "peers": [], "relays": []})
+        );
+    }
+
+    #[test]
+    fn sentences_start_big_and_end_with_a_stop() {
+        assert_eq!(
+            sentence("only owners and admins invite"),
+            "Only owners and admins invite."
+        );
+        assert_eq!(sentence("done."), "Done.");
+        assert_eq!(sentence(""), "");
+    }
+
+    #[test]
+    fn a_channel_with_too_many_changes_is_refreshed_whole() {
+        let mut t = Touched::default();
+        let (a, b) = (DocId([1; 16]), DocId([2; 16]));
+        let ids: Vec<(DocId, MessageId)> = (0..=MAX_MESSAGES_PER_CHANNEL as i64)
+            .map(|i| (a, MessageId::new(i, [0; 10])))
+            .chain([(b, MessageId::new(1, [0; 10]))])
+            .collect();
+        t.add(ids);
+        assert_eq!(t.overflow, BTreeSet::from([a]));
+        assert_eq!(t.by_channel.keys().collect::<Vec<_>>(), vec![&b]);
+    }
+}

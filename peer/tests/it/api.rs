@@ -1,0 +1,357 @@
+//! `peer::api` over real nodes on 127.0.0.1: the requests a UI makes, the errors it shows, and
+//! the batched events it renders from. Waits are on events with a timeout, never sleeps.
+
+use std::time::Duration;
+
+use peer::api::{Api, ApiError, ApiEvent, Batch, ErrorCode};
+use peer::node::NodeConfig;
+use serde_json::{Value, json};
+use tokio::sync::broadcast;
+
+use crate::common::Home;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+async fn open(home: &Home) -> Api {
+    Api::open(NodeConfig {
+        db: home.path.clone(),
+        bind: "127.0.0.1:0".parse().unwrap(),
+    })
+    .await
+    .expect("api opens")
+}
+
+async fn ok(api: &Api, req: Value) -> Value {
+    match api.handle_json(req.clone()).await {
+        Ok(v) => v,
+        Err(e) => panic!("{req} failed: {e:?}"),
+    }
+}
+
+async fn err(api: &Api, req: Value) -> ApiError {
+    match api.handle_json(req.clone()).await {
+        Ok(v) => panic!("{req} should fail, answered {v}"),
+        Err(e) => e,
+    }
+}
+
+/// A home with an identity, a workspace `acme` and a channel `general`, through the API.
+async fn chat_home(name: &str) -> (Home, Api) {
+    let home = Home::new();
+    let api = open(&home).await;
+    ok(&api, json!({"cmd": "init", "name": name})).await;
+    ok(&api, json!({"cmd": "workspace_create", "name": "acme"})).await;
+    ok(
+        &api,
+        json!({"cmd": "channel_create", "name": "general", "topic": "hi"}),
+    )
+    .await;
+    (home, api)
+}
+
+/// Waits for batches until `check` has seen what it wants in the events gathered so far.
+async fn until_events(
+    rx: &mut broadcast::Receiver<Batch>,
+    what: &str,
+    mut check: impl FnMut(&[ApiEvent]) -> bool,
+) -> (Vec<ApiEvent>, usize) {
+    let mut seen = Vec::new();
+    let mut batches = 0;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if check(&seen) {
+            return (seen, batches);
+        }
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Ok(b)) => {
+                batches += 1;
+                seen.extend(b.iter().cloned());
+            }
+            Ok(Err(e)) => panic!("event stream: {e}"),
+            Err(_) => panic!("timed out waiting for {what}; saw {seen:?}"),
+        }
+    }
+}
+
+fn message_texts(events: &[ApiEvent]) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            ApiEvent::Message { message } => Some(message.text.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_home_onboards_and_chats() {
+    let home = Home::new();
+    let api = open(&home).await;
+    assert_eq!(
+        ok(&api, json!({"cmd": "whoami"})).await,
+        json!({"initialized": false})
+    );
+    let e = err(&api, json!({"cmd": "channels"})).await;
+    assert_eq!(e.code, ErrorCode::NotInitialized);
+    let e = err(&api, json!({"cmd": "init", "name": ""})).await;
+    assert_eq!(e.code, ErrorCode::BadRequest, "{e:?}");
+
+    let me = ok(&api, json!({"cmd": "init", "name": "alice"})).await;
+    assert_eq!(me["initialized"], true);
+    assert_eq!(me["name"], "alice");
+    let e = err(&api, json!({"cmd": "init", "name": "again"})).await;
+    assert_eq!(e.code, ErrorCode::BadRequest);
+
+    let e = err(&api, json!({"cmd": "channels"})).await;
+    assert_eq!(e.code, ErrorCode::NotFound);
+    assert_eq!(e.message, "Create or join a workspace first.");
+
+    let mut events = api.subscribe();
+    let ws = ok(&api, json!({"cmd": "workspace_create", "name": "acme"})).await;
+    let list = ok(&api, json!({"cmd": "workspaces"})).await;
+    assert_eq!(list[0]["id"], ws["id"]);
+    assert_eq!(list[0]["current"], true);
+    assert_eq!(list[0]["role"], "owner");
+    let ch = ok(
+        &api,
+        json!({"cmd": "channel_create", "name": "#general", "topic": "say hi"}),
+    )
+    .await;
+    assert_eq!(ch["name"], "general");
+    assert_eq!(ch["dm"], false);
+    assert_eq!(ch["last_ts"], Value::Null);
+
+    let sent = ok(
+        &api,
+        json!({"cmd": "send", "channel": ch["id"], "text": "hello **world**"}),
+    )
+    .await;
+    assert_eq!(sent["text"], "hello **world**");
+    assert_eq!(sent["author"]["name"], "alice");
+    assert_eq!(sent["verified"], true);
+    let id = sent["id"].as_str().unwrap().to_owned();
+    // The send's own message event arrives too (the UI de-duplicates by id).
+    until_events(&mut events, "the sent message's event", |evs| {
+        evs.iter().any(
+            |e| matches!(e, ApiEvent::Message { message } if message.id == id && !message.edited),
+        )
+    })
+    .await;
+
+    let reply = ok(
+        &api,
+        json!({"cmd": "send", "channel": "general", "text": "in a thread", "thread": id}),
+    )
+    .await;
+    assert_eq!(reply["thread_root"], json!(id));
+    let edited = ok(
+        &api,
+        json!({"cmd": "edit", "id": id, "text": "hello again"}),
+    )
+    .await;
+    assert_eq!(edited["edited"], true);
+    let reacted = ok(
+        &api,
+        json!({"cmd": "react", "id": id, "emoji": "🎉", "on": true}),
+    )
+    .await;
+    assert_eq!(reacted["reactions"], json!({"🎉": ["alice"]}));
+    assert_eq!(reacted["reply_count"], 1);
+    let page = ok(&api, json!({"cmd": "read", "channel": "general"})).await;
+    assert_eq!(page.as_array().unwrap().len(), 1, "thread replies stay out");
+    let thread = ok(
+        &api,
+        json!({"cmd": "read", "channel": "general", "thread": id}),
+    )
+    .await;
+    assert_eq!(thread.as_array().unwrap().len(), 2);
+    let found = ok(&api, json!({"cmd": "search", "query": "agai"})).await;
+    assert_eq!(found[0]["id"], json!(id));
+    let deleted = ok(&api, json!({"cmd": "delete", "id": id})).await;
+    assert_eq!(deleted["deleted"], true);
+    assert_eq!(
+        ok(&api, json!({"cmd": "mark_read", "channel": "general"})).await,
+        Value::Null
+    );
+
+    ok(&api, json!({"cmd": "set_name", "name": "alicia"})).await;
+    assert_eq!(ok(&api, json!({"cmd": "whoami"})).await["name"], "alicia");
+    let members = ok(&api, json!({"cmd": "members"})).await;
+    assert_eq!(members[0]["name"], "alicia");
+    assert_eq!(members[0]["role"], "owner");
+    let st = ok(&api, json!({"cmd": "status"})).await;
+    assert_eq!(st, json!({"online": false, "peers": [], "relays": []}));
+    api.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_the_right_code_and_a_friendly_sentence() {
+    let (_home, api) = chat_home("alice").await;
+    let long = "x".repeat(40_001);
+    let e = err(
+        &api,
+        json!({"cmd": "send", "channel": "general", "text": long}),
+    )
+    .await;
+    assert_eq!(e.code, ErrorCode::BadRequest);
+    assert_eq!(
+        e.message,
+        "This message is 40001 characters long; the limit is 40000."
+    );
+    let e = err(
+        &api,
+        json!({"cmd": "send", "channel": "general", "text": "  "}),
+    )
+    .await;
+    assert_eq!(
+        (e.code, e.message.as_str()),
+        (ErrorCode::BadRequest, "A message cannot be empty.")
+    );
+    let e = err(&api, json!({"cmd": "join", "ticket": "hello there"})).await;
+    assert_eq!(e.code, ErrorCode::BadRequest);
+    assert_eq!(
+        e.message,
+        "Not a Flyt invite ticket (it starts with flyt1)."
+    );
+    let e = err(&api, json!({"cmd": "join", "ticket": "flyt1notbase58!!"})).await;
+    assert_eq!(e.code, ErrorCode::BadRequest, "{e:?}");
+    let e = err(
+        &api,
+        json!({"cmd": "edit", "id": "01m80tm56j7whvg4gq3kt22kyd", "text": "x"}),
+    )
+    .await;
+    assert_eq!(e.code, ErrorCode::NotFound);
+    assert_eq!(
+        e.message,
+        "That message does not exist (or has not synced yet)."
+    );
+    let e = err(&api, json!({"cmd": "react", "id": "!!", "emoji": "👍"})).await;
+    assert_eq!(e.code, ErrorCode::BadRequest);
+    let e = err(&api, json!({"cmd": "read", "channel": "nope"})).await;
+    assert_eq!(e.code, ErrorCode::NotFound);
+    assert_eq!(e.message, "There is no channel \"nope\" in this workspace.");
+    let e = err(&api, json!({"cmd": "channel_create", "name": "general"})).await;
+    assert_eq!(e.message, "A channel named #general already exists.");
+    let e = err(
+        &api,
+        json!({"cmd": "member_role", "person": "alice", "role": "king"}),
+    )
+    .await;
+    assert_eq!(e.code, ErrorCode::BadRequest);
+    let e = err(&api, json!({"cmd": "invite", "expires_secs": 0})).await;
+    assert_eq!(e.code, ErrorCode::BadRequest);
+    let e = err(&api, json!({"cmd": "teleport"})).await;
+    assert_eq!(e.code, ErrorCode::BadRequest);
+    // Nothing was lost or changed by any of it.
+    let page = ok(&api, json!({"cmd": "read", "channel": "general"})).await;
+    assert_eq!(page, json!([]));
+    api.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ticket_whose_inviter_is_gone_is_unavailable() {
+    let (_alice_home, alice) = chat_home("alice").await;
+    let t = ok(&alice, json!({"cmd": "invite", "expires_secs": 600})).await;
+    assert!(t["ticket"].as_str().unwrap().starts_with("flyt1"));
+    assert!(t["expires_ts"].as_i64().unwrap() > peer::now_ms());
+    alice.shutdown().await;
+
+    let bob_home = Home::new();
+    let bob = open(&bob_home).await;
+    ok(&bob, json!({"cmd": "init", "name": "bob"})).await;
+    let e = err(&bob, json!({"cmd": "join", "ticket": t["ticket"]})).await;
+    assert_eq!(e.code, ErrorCode::Unavailable, "{e:?}");
+    assert!(e.message.starts_with("Could not reach"), "{}", e.message);
+    // Bob's home is as it was: no workspace.
+    assert_eq!(ok(&bob, json!({"cmd": "workspaces"})).await, json!([]));
+    bob.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_then_a_burst_arrives_in_a_few_batches() {
+    let (alice_home, alice) = chat_home("alice").await;
+    let t = ok(&alice, json!({"cmd": "invite"})).await;
+
+    let bob_home = Home::new();
+    let bob = open(&bob_home).await;
+    ok(&bob, json!({"cmd": "init", "name": "bob"})).await;
+    let mut bob_events = bob.subscribe();
+    let joined = ok(&bob, json!({"cmd": "join", "ticket": t["ticket"]})).await;
+    let ws = ok(&alice, json!({"cmd": "workspaces"})).await[0]["id"].clone();
+    assert_eq!(joined["workspace"], ws);
+    let list = ok(&bob, json!({"cmd": "workspaces"})).await;
+    assert_eq!(list[0]["current"], true);
+    until_events(&mut bob_events, "a connected status", |evs| {
+        evs.iter()
+            .any(|e| matches!(e, ApiEvent::Status(s) if s.online && s.peers[0].connected))
+    })
+    .await;
+    // Alice sees bob among the members once his profile arrives.
+    let mut alice_events = alice.subscribe();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let members = ok(&alice, json!({"cmd": "members"})).await;
+        if members
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["name"] == "bob")
+        {
+            break;
+        }
+        // Each change of the member list comes with a `members` event.
+        tokio::time::timeout_at(deadline, alice_events.recv())
+            .await
+            .expect("bob's profile reaches alice")
+            .unwrap();
+    }
+
+    // 1,000 messages written at once on alice's home (by another process, as `flyt` would)
+    // reach bob as a handful of batches, every one of them as a message event; alice's own UI
+    // is told to refresh the channel, since her process did not project them.
+    let mut bob_events = bob.subscribe();
+    let ch: crdt_model::DocId = ok(&alice, json!({"cmd": "channels"})).await[0]["id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let now = peer::now_ms();
+    let burst: Vec<(i64, String)> = (0..1_000)
+        .map(|i| (now + i, format!("burst {i}")))
+        .collect();
+    let started = tokio::time::Instant::now();
+    alice_home.open().post_batch(ch, &burst).unwrap();
+    let (seen, batches) = until_events(&mut bob_events, "all 1,000 messages", |evs| {
+        message_texts(evs)
+            .iter()
+            .filter(|t| t.starts_with("burst"))
+            .count()
+            >= 1_000
+    })
+    .await;
+    let elapsed = started.elapsed();
+    assert!(message_texts(&seen).contains(&"burst 999".to_owned()));
+    assert!(batches <= 20, "{batches} batches for one burst of 1,000");
+    let most = elapsed.as_millis() / peer::api::BATCH_INTERVAL.as_millis() + 1;
+    assert!(
+        batches as u128 <= most,
+        "{batches} batches in {elapsed:?}: more than one per 16 ms"
+    );
+    until_events(&mut alice_events, "a refresh of #general at alice", |evs| {
+        evs.iter()
+            .any(|e| matches!(e, ApiEvent::Refresh { channel: Some(c) } if *c == ch.to_string()))
+    })
+    .await;
+    let page = ok(
+        &bob,
+        json!({"cmd": "read", "channel": "general", "limit": 5}),
+    )
+    .await;
+    assert_eq!(page[4]["text"], "burst 999");
+    assert_eq!(page[4]["author"]["name"], "alice");
+    let chans = ok(&bob, json!({"cmd": "channels"})).await;
+    assert_eq!(chans[0]["unread"], 1_000);
+    assert_eq!(chans[0]["last_ts"], now + 999);
+    alice.shutdown().await;
+    bob.shutdown().await;
+}
