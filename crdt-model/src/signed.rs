@@ -187,6 +187,28 @@ impl Record for ChannelInfo {
     const KIND: &'static str = "channel";
 }
 
+/// A relay added to (`active`) or removed from a workspace, signed by a device of an owner or
+/// admin. Members' nodes sync through the relays a workspace lists; a relay serves only the
+/// workspaces that list it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayRecord {
+    /// The workspace.
+    pub workspace: DocId,
+    /// The relay's iroh endpoint id (its device key).
+    pub relay: DeviceId,
+    /// The relay's HTTP URL (what `flyt relay add` was given), without a trailing slash.
+    pub url: String,
+    /// Direct UDP addresses of the relay's iroh endpoint (`ip:port`).
+    pub addrs: Vec<String>,
+    /// `false` removes the relay.
+    pub active: bool,
+    /// When it was decided, ms.
+    pub at_ms: i64,
+}
+impl Record for RelayRecord {
+    const KIND: &'static str = "relay";
+}
+
 /// The immutable part of a message, signed by the author's device.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PostHeader {

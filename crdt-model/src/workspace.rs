@@ -1,11 +1,13 @@
 //! The workspace document: genesis, device certificates, members and roles, display names,
 //! and the channel list.
 //!
-//! Root keys: `kind` = "workspace", `genesis` (a signed [`Genesis`]), and four maps whose values
+//! Root keys: `kind` = "workspace", `genesis` (a signed [`Genesis`]), and five maps whose values
 //! are signed envelopes: `devices` (`"{device}:{person}"` → [`DeviceCert`]), `members`
 //! (`"{person}:{time}:{signer device}"` → [`Membership`], append-only: the role history is
 //! kept, and nobody's record is replaced by anyone else's), `profiles` (person hex →
-//! [`Profile`]), `channels` (channel id → [`ChannelInfo`]). Where a key can see concurrent
+//! [`Profile`]), `channels` (channel id → [`ChannelInfo`]), `relays`
+//! (`"{relay device}:{time}:{signer device}"` → [`RelayRecord`], append-only; a relay's newest
+//! record by a current owner or admin decides whether it is listed). Where a key can see concurrent
 //! writes, Automerge keeps them all and the view picks the newest *valid* one, so a forged
 //! value never wins over a genuine one.
 
@@ -16,7 +18,9 @@ use automerge::{Automerge, ObjType, ROOT, ReadDoc};
 
 use crate::identity::device_cert_valid;
 use crate::ids::{DeviceId, DocId, PersonId};
-use crate::signed::{ChannelInfo, DeviceCert, Genesis, Membership, Profile, Record, Signed};
+use crate::signed::{
+    ChannelInfo, DeviceCert, Genesis, Membership, Profile, Record, RelayRecord, Signed,
+};
 use crate::{Identity, ModelError, Role, commit, get_all_bytes, get_bytes, get_map, get_str};
 
 /// The workspace id bound to an owner key and a nonce.
@@ -72,6 +76,7 @@ pub fn create(
         let profiles = tx.put_object(ROOT, "profiles", ObjType::Map)?;
         tx.put(&profiles, me.person_id().to_string(), profile.to_bytes())?;
         tx.put_object(ROOT, "channels", ObjType::Map)?;
+        tx.put_object(ROOT, RELAYS, ObjType::Map)?;
         Ok(())
     })?;
     Ok(id)
@@ -185,6 +190,60 @@ pub fn set_profile(
     )
 }
 
+/// The root map of relay records.
+const RELAYS: &str = "relays";
+
+/// Adds (`active`) or removes a relay. Only owners and admins may; the view re-checks on read.
+pub fn set_relay(
+    doc: &mut Automerge,
+    me: &Identity,
+    record: RelayRecord,
+) -> Result<(), ModelError> {
+    let view = view(doc, record.workspace);
+    if view.role(&me.person_id()) < Some(Role::Admin) {
+        return Err(ModelError::NotAllowed(
+            "only owners and admins add or remove relays",
+        ));
+    }
+    if record.url.is_empty() || record.url.len() > 2048 || record.addrs.len() > 64 {
+        return Err(ModelError::Malformed(
+            "a relay needs a URL and at most 64 addresses",
+        ));
+    }
+    let at = record.at_ms;
+    let rec = Signed::sign(&me.device, record);
+    let key = relay_key(&rec);
+    // Workspaces created before relays existed lack the map. Two admins creating it at the
+    // same moment would make Automerge keep one of the two maps: a race only such old
+    // workspaces can have (new ones get the map at genesis).
+    if get_map(doc, &ROOT, RELAYS).is_none() {
+        commit(doc, at, |tx| {
+            tx.put_object(ROOT, RELAYS, ObjType::Map)?;
+            Ok(())
+        })?;
+    }
+    put_in(doc, RELAYS, key, rec.to_bytes(), at)
+}
+
+fn relay_key(rec: &Signed<RelayRecord>) -> String {
+    format!(
+        "{}:{}:{}",
+        rec.payload.relay,
+        rec.payload.at_ms,
+        rec.device()
+    )
+}
+
+/// The workspace id a workspace document was founded as (its genesis checks out), if any.
+pub fn id_of(doc: &Automerge) -> Option<DocId> {
+    if get_str(doc, &ROOT, "kind").as_deref() != Some("workspace") {
+        return None;
+    }
+    let g = Signed::<Genesis>::decode(&get_bytes(doc, &ROOT, "genesis")?).ok()?;
+    let id = workspace_id(&PersonId(g.signer), &g.payload.nonce);
+    (g.payload.workspace == id).then_some(id)
+}
+
 fn may_assign(signer: Option<Role>, target_current: Option<Role>, new: Role) -> bool {
     match signer {
         Some(Role::Owner) => new != Role::Owner && target_current != Some(Role::Owner),
@@ -202,6 +261,19 @@ pub struct Member {
     pub role: Role,
     /// Their display name, or a short key if they set none.
     pub name: String,
+}
+
+/// A relay a workspace syncs through (a verified, active [`RelayRecord`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayListing {
+    /// Its HTTP URL.
+    pub url: String,
+    /// Direct UDP addresses of its iroh endpoint.
+    pub addrs: Vec<String>,
+    /// Who added it.
+    pub by: PersonId,
+    /// When, ms.
+    pub at_ms: i64,
 }
 
 /// A verified channel listing.
@@ -232,6 +304,8 @@ pub struct WorkspaceView {
     pub devices: BTreeMap<DeviceId, PersonId>,
     /// Channels by id.
     pub channels: BTreeMap<DocId, ChannelListing>,
+    /// Active relays by their device (endpoint) id.
+    pub relays: BTreeMap<DeviceId, RelayListing>,
 }
 
 impl WorkspaceView {
@@ -357,6 +431,41 @@ pub fn view(doc: &Automerge, id: DocId) -> WorkspaceView {
             v.channels.insert(info.channel, ChannelListing { info, by });
         }
     }
+
+    // A relay's newest record by someone who is an owner or admin now decides.
+    let mut relays: BTreeMap<DeviceId, (PersonId, RelayRecord)> = BTreeMap::new();
+    for (key, recs) in entries::<RelayRecord>(doc, RELAYS) {
+        for r in recs {
+            if relay_key(&r) != key || r.payload.workspace != id {
+                continue;
+            }
+            let Some(by) = v.device_person(&r.device()) else {
+                continue;
+            };
+            if v.role(&by) < Some(Role::Admin) {
+                continue;
+            }
+            let newer = relays
+                .get(&r.payload.relay)
+                .is_none_or(|(b, old)| (old.at_ms, *b) < (r.payload.at_ms, by));
+            if newer {
+                relays.insert(r.payload.relay, (by, r.payload));
+            }
+        }
+    }
+    v.relays = relays
+        .into_iter()
+        .filter(|(_, (_, r))| r.active)
+        .map(|(d, (by, r))| {
+            let l = RelayListing {
+                url: r.url,
+                addrs: r.addrs,
+                by,
+                at_ms: r.at_ms,
+            };
+            (d, l)
+        })
+        .collect();
     v
 }
 
@@ -468,6 +577,63 @@ mod tests {
         put_device(doc, &who.device_cert("laptop", t), t).unwrap();
         set_role(doc, owner, ws, who.person_id(), role, t).unwrap();
         set_profile(doc, who, ws, &who.name, t).unwrap();
+    }
+
+    fn relay(ws: DocId, n: u8, active: bool, at_ms: i64) -> RelayRecord {
+        RelayRecord {
+            workspace: ws,
+            relay: DeviceId([n; 32]),
+            url: format!("http://127.0.0.1:{n}"),
+            addrs: vec!["127.0.0.1:8788".into()],
+            active,
+            at_ms,
+        }
+    }
+
+    #[test]
+    fn relays_are_listed_by_admins_only_and_removed_by_a_newer_record() {
+        let (alice, bob, mallory) = (ident(1, "alice"), ident(2, "bob"), ident(3, "mallory"));
+        let (mut doc, ws) = new_ws(&alice);
+        assert_eq!(id_of(&doc), Some(ws));
+        join(&mut doc, &alice, ws, &bob, Role::Admin, 2_000);
+        join(&mut doc, &alice, ws, &mallory, Role::Member, 2_000);
+        set_relay(&mut doc, &bob, relay(ws, 7, true, 3_000)).unwrap();
+        let v = view(&doc, ws);
+        assert_eq!(v.relays.len(), 1);
+        assert_eq!(v.relays[&DeviceId([7; 32])].by, bob.person_id());
+
+        // A member may not add one, and a record it writes by hand is ignored.
+        assert!(set_relay(&mut doc, &mallory, relay(ws, 8, true, 4_000)).is_err());
+        let forged = Signed::sign(&mallory.device, relay(ws, 8, true, 4_000));
+        put_in(
+            &mut doc,
+            RELAYS,
+            relay_key(&forged),
+            forged.to_bytes(),
+            4_000,
+        )
+        .unwrap();
+        // Nor may it remove one.
+        let removal = Signed::sign(&mallory.device, relay(ws, 7, false, 5_000));
+        put_in(
+            &mut doc,
+            RELAYS,
+            relay_key(&removal),
+            removal.to_bytes(),
+            5_000,
+        )
+        .unwrap();
+        let v = view(&doc, ws);
+        assert_eq!(
+            v.relays.keys().collect::<Vec<_>>(),
+            vec![&DeviceId([7; 32])]
+        );
+
+        // An admin's newer record removes it; another workspace's record never counts.
+        set_relay(&mut doc, &alice, relay(ws, 7, false, 6_000)).unwrap();
+        let other = Signed::sign(&alice.device, relay(DocId([5; 16]), 9, true, 6_000));
+        put_in(&mut doc, RELAYS, relay_key(&other), other.to_bytes(), 6_000).unwrap();
+        assert!(view(&doc, ws).relays.is_empty());
     }
 
     #[test]

@@ -16,6 +16,7 @@ use crdt_model::{DocId, device_actor};
 use rusqlite::{OptionalExtension, Transaction, params};
 
 use crate::StoreError;
+use crate::sync::protocol::DocRef;
 
 /// A document is due for compaction (`Store::maintain`, in idle time) after this many
 /// incremental chunks...
@@ -52,8 +53,8 @@ pub(crate) struct Cached {
 
 /// The per-process cache of loaded documents.
 #[derive(Debug, Default)]
-pub(crate) struct DocCache {
-    pub docs: HashMap<DocId, Cached>,
+pub struct DocCache {
+    pub(crate) docs: HashMap<DocId, Cached>,
 }
 
 impl DocCache {
@@ -161,8 +162,77 @@ fn load_chunks(
     Ok(())
 }
 
+/// How a document a peer offered begins here: its `docs` row and its first state.
+/// `channel_workspace` names the workspace a held channel belongs to (a bucket's row needs it).
+/// Channel and bucket documents begin with the same deterministic change on every peer, so the
+/// document is valid (and can be written to) before the peer's copy arrives. `None` for a
+/// reference that names nothing valid.
+pub fn offered(
+    r: &DocRef,
+    channel_workspace: impl FnOnce(DocId) -> Option<DocId>,
+) -> Option<(DocMeta, Automerge)> {
+    let (meta, first) = match r {
+        DocRef::Workspace { id } => (
+            DocMeta {
+                kind: "workspace",
+                workspace: *id,
+                channel: None,
+                bucket_key: None,
+            },
+            Ok(Automerge::new()),
+        ),
+        DocRef::Channel { id, workspace } => (
+            DocMeta {
+                kind: "channel",
+                workspace: *workspace,
+                channel: Some(*id),
+                bucket_key: None,
+            },
+            crdt_model::channel::init(*workspace, *id),
+        ),
+        DocRef::Bucket { channel, key } => (
+            DocMeta {
+                kind: "bucket",
+                workspace: channel_workspace(*channel)?,
+                channel: Some(*channel),
+                bucket_key: Some(key.clone()),
+            },
+            crdt_model::bucket::init(*channel, key.parse().ok()?),
+        ),
+    };
+    Some((meta, first.ok()?))
+}
+
+/// The sync state saved for (peer, doc) by an earlier connection.
+pub fn sync_state(
+    conn: &rusqlite::Connection,
+    peer: &crdt_model::DeviceId,
+    doc: DocId,
+) -> Option<Vec<u8>> {
+    conn.prepare_cached("SELECT state FROM sync_state WHERE peer = ?1 AND doc = ?2")
+        .ok()?
+        .query_row(params![peer.to_string(), doc.to_string()], |r| r.get(0))
+        .optional()
+        .ok()?
+}
+
+/// Saves the sync state of (peer, doc) for the next connection.
+pub fn save_sync_state(
+    conn: &rusqlite::Connection,
+    peer: &crdt_model::DeviceId,
+    doc: DocId,
+    state: &[u8],
+) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO sync_state (peer, doc, state) VALUES (?1, ?2, ?3)
+         ON CONFLICT (peer, doc) DO UPDATE SET state = excluded.state",
+    )?
+    .execute(params![peer.to_string(), doc.to_string(), state])?;
+    Ok(())
+}
+
 /// Whether the database holds document `id`.
-pub(crate) fn exists(tx: &Transaction<'_>, id: DocId) -> Result<bool, StoreError> {
+pub fn exists(tx: &Transaction<'_>, id: DocId) -> Result<bool, StoreError> {
     Ok(tx
         .query_row("SELECT 1 FROM docs WHERE id = ?1", [id.to_string()], |_| {
             Ok(())
@@ -172,7 +242,7 @@ pub(crate) fn exists(tx: &Transaction<'_>, id: DocId) -> Result<bool, StoreError
 }
 
 /// Stores a new document (its whole state as the first chunk) and caches it.
-pub(crate) fn insert(
+pub fn insert(
     tx: &Transaction<'_>,
     cache: &mut DocCache,
     id: DocId,
@@ -218,16 +288,12 @@ impl Cached {
 }
 
 /// Whether a cached document should be compacted.
-pub(crate) fn due(cache: &DocCache, id: &DocId) -> bool {
+pub fn due(cache: &DocCache, id: &DocId) -> bool {
     cache.docs.get(id).is_some_and(|c| c.due(1))
 }
 
 /// Replaces a document's chunks with one snapshot. The caller has refreshed it in `tx`.
-pub(crate) fn compact(
-    tx: &Transaction<'_>,
-    cache: &mut DocCache,
-    id: DocId,
-) -> Result<(), StoreError> {
+pub fn compact(tx: &Transaction<'_>, cache: &mut DocCache, id: DocId) -> Result<(), StoreError> {
     let c = cache.docs.get_mut(&id).expect("compact follows get");
     // Without changes still waiting for their dependencies: those are not durable yet.
     let snapshot = c.doc.save_with_options(SaveOptions {
@@ -243,7 +309,7 @@ pub(crate) fn compact(
 }
 
 /// Records what `doc` gained since `before` as a new chunk.
-pub(crate) fn persist(
+pub fn persist(
     tx: &Transaction<'_>,
     cache: &mut DocCache,
     id: DocId,

@@ -8,7 +8,7 @@
 #![deny(missing_docs)]
 
 pub mod api;
-mod docs;
+pub mod docs;
 pub mod net;
 pub mod node;
 mod project;
@@ -19,7 +19,6 @@ pub mod sync;
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
-use std::time::Duration;
 
 use automerge::Automerge;
 use crdt_model::bucket::{self, NewPost};
@@ -138,18 +137,7 @@ impl Store {
     /// Opens (creating if needed) the database at `path`: WAL mode, full fsync on commit, a busy
     /// timeout so several processes can share it, and migrations.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let mut conn = Connection::open(path)?;
-        conn.busy_timeout(Duration::from_secs(10))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        // FULL: a commit is fsync'd before it returns, so an acknowledged message survives a
-        // crash of the process or of the machine.
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.pragma_update(None, "foreign_keys", "ON")?;
-        // Checkpoints copy the WAL into the database file and fsync it: milliseconds that should
-        // not land on a send. They run in `maintain` (idle time); the automatic one stays as a
-        // bound (10,000 pages, ~40 MB) for a writer that never gets idle time.
-        conn.pragma_update(None, "wal_autocheckpoint", 10_000)?;
-        schema::migrate(&mut conn)?;
+        let conn = schema::open(path)?;
         let identity = load_identity(&conn)?;
         Ok(Store {
             conn,
@@ -257,6 +245,16 @@ impl Store {
                 Err(e)
             }
         }
+    }
+
+    /// A workspace document's full state (`Automerge::save`), e.g. to hand it to a relay.
+    pub fn workspace_save(&mut self, ws: DocId) -> Result<Vec<u8>, StoreError> {
+        let device = self.identity()?.device_id();
+        let doc = self
+            .cache
+            .get(&self.conn, ws, &device)?
+            .ok_or_else(|| StoreError::UnknownWorkspace(ws.to_string()))?;
+        Ok(doc.save())
     }
 
     /// Creates a workspace owned by this identity and makes it current.

@@ -9,7 +9,7 @@ use crdt_model::workspace;
 use crdt_model::{DeviceId, DocId, Role, device_actor};
 use rusqlite::{OptionalExtension, params};
 
-use crate::docs::{self, DocMeta};
+use crate::docs;
 use crate::sync::engine::{Action, CloseReason, Engine, Event, Host};
 use crate::sync::protocol::{DocRef, Frame};
 use crate::{Store, StoreError, Writer, now_ms};
@@ -164,35 +164,7 @@ impl Host for Writer<'_> {
 
     fn create(&mut self, r: &DocRef) -> Option<&mut Automerge> {
         let id = r.id()?;
-        let meta = match r {
-            DocRef::Workspace { id } => DocMeta {
-                kind: "workspace",
-                workspace: *id,
-                channel: None,
-                bucket_key: None,
-            },
-            DocRef::Channel { id, workspace } => DocMeta {
-                kind: "channel",
-                workspace: *workspace,
-                channel: Some(*id),
-                bucket_key: None,
-            },
-            DocRef::Bucket { channel, key } => DocMeta {
-                kind: "bucket",
-                workspace: self.doc_row(*channel)?.workspace,
-                channel: Some(*channel),
-                bucket_key: Some(key.clone()),
-            },
-        };
-        // Channel and bucket documents begin with the same deterministic change on every peer:
-        // start with it, so the document is valid (and can be written to) before the peer's copy
-        // arrives, as the channel already shows in the workspace.
-        let first = match r {
-            DocRef::Workspace { .. } => Ok(Automerge::new()),
-            DocRef::Channel { id, workspace } => crdt_model::channel::init(*workspace, *id),
-            DocRef::Bucket { channel, key } => bucket::init(*channel, key.parse().ok()?),
-        };
-        let Ok(mut doc) = first else { return None };
+        let (meta, mut doc) = docs::offered(r, |ch| Some(self.doc_row(ch)?.workspace))?;
         doc.set_actor(device_actor(&self.me.device_id()));
         if let Err(e) = docs::insert(self.tx, self.cache, id, &meta, doc) {
             tracing::warn!(doc = %id, "could not create an offered document: {e}");
@@ -291,12 +263,7 @@ impl Host for Writer<'_> {
     }
 
     fn saved_state(&mut self, peer: &DeviceId, doc: DocId) -> Option<Vec<u8>> {
-        self.tx
-            .prepare_cached("SELECT state FROM sync_state WHERE peer = ?1 AND doc = ?2")
-            .ok()?
-            .query_row(params![peer.to_string(), doc.to_string()], |r| r.get(0))
-            .optional()
-            .ok()?
+        docs::sync_state(self.tx, peer, doc)
     }
 }
 
@@ -315,12 +282,7 @@ impl Writer<'_> {
                 Action::Send(p, f) => out.push(Outgoing::Send(p, f)),
                 Action::Close(p, r) => out.push(Outgoing::Close(p, r)),
                 Action::SaveState(peer, doc, state) => {
-                    self.tx
-                        .prepare_cached(
-                            "INSERT INTO sync_state (peer, doc, state) VALUES (?1, ?2, ?3)
-                             ON CONFLICT (peer, doc) DO UPDATE SET state = excluded.state",
-                        )?
-                        .execute(params![peer.to_string(), doc.to_string(), state])?;
+                    docs::save_sync_state(self.tx, &peer, doc, &state)?;
                 }
                 Action::Changed {
                     doc,

@@ -1,17 +1,86 @@
-//! `sync-relay`: the self-hosted, always-on Flyt peer (binary `flyt-relay`, issue 4).
+//! `sync-relay`: the self-hosted, always-on Flyt peer (binary `flyt-relay`).
 //!
-//! What it will hold, and what it is already bound by:
-//! - an Axum HTTP face: `/info`, `/healthz`, `/readyz`, `/metrics`, the automerge-repo
-//!   WebSocket framing of the sync engine at `/sync`, iroh's relay protocol at `/relay`, and
-//!   the admin archive API under `/api`;
-//! - an iroh endpoint speaking the Flyt ALPN: the same sync engine as `peer`, in its Flyt
-//!   framing;
-//! - the archive: every document it holds, in Postgres (or embedded SQLite), projected into
-//!   searchable tables.
+//! A team runs one relay so that messages reach people who are never online at the same time
+//! as their senders, and peers behind NATs reach each other. It is a Flyt peer like any other,
+//! with a different share policy ([`store`]): it serves only workspaces whose owner or an admin
+//! added it (`flyt relay add URL`), only to the devices of their current members. It **never
+//! authors chat content**: it merges, stores, forwards, archives and reports.
 //!
-//! Invariant: the relay never authors chat content. It depends on `crdt-model` and on
-//! `peer`'s protocol module, never the reverse.
+//! ```text
+//!  iroh endpoint (Flyt ALPN) ─ conn tasks ─┐
+//!  WebSocket /sync (archive helper) ───────┼─ Cmd ─▶ store thread: RelayStore + Engine
+//!  POST /join ─────────────────────────────┘             │ commits, then
+//!                                                         ├─▶ frames to connections
+//!                                                         └─▶ Archive::changed (DocChange)
+//!  Axum: /info /healthz /readyz /metrics /join (+ routes merged in by the embedder)
+//! ```
+//!
+//! # Seams for the archive, the admin API and the WebSocket framing
+//!
+//! - **Changed documents**: implement [`Archive`] and pass it to [`runtime::Relay::start`].
+//!   [`Archive::changed`] is called on the store thread right after each transaction that
+//!   changed a document committed, with a [`DocChange`] holding exactly the bytes the document
+//!   gained; it must not block (queue the work). [`Archive::ready`] feeds `/readyz`,
+//!   [`Archive::metrics`] appends to `/metrics`, [`Archive::shutdown`] is awaited last when
+//!   the relay stops. To catch up on what it missed, an archive reads documents through
+//!   [`runtime::RelayHandle::call`] ([`store::RelayStore::list`], [`store::RelayStore::save`]).
+//! - **More routes**: [`http::app`] builds the relay's router from an [`http::AppState`];
+//!   merge your own `Router` into it before serving (see `main.rs`: `http::app(state)
+//!   .merge(more)`), with `state.relay` ([`runtime::RelayHandle`]) in hand.
+//! - **Another framing of the same engine** (WebSocket `/sync`): after authenticating a device,
+//!   [`runtime::RelayHandle::open`] gives a [`runtime::Session`]: feed it the peer's frames with
+//!   [`runtime::Session::frame`], send what arrives on [`runtime::Session::outgoing`]; dropping
+//!   it ends the session (its sync states are saved).
 #![deny(missing_docs)]
+
+pub mod config;
+pub mod http;
+pub mod metrics;
+pub mod runtime;
+pub mod store;
+
+use std::future::Future;
+use std::pin::Pin;
+
+use automerge::ChangeHash;
+use crdt_model::DocId;
+use peer::docs::DocMeta;
 
 /// The version this relay reports at `/info`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// A document the relay holds changed (a peer's sync message, or a workspace document taken by
+/// `POST /join`). Committed to the relay's SQLite before this is reported.
+#[derive(Debug, Clone)]
+pub struct DocChange {
+    /// The document.
+    pub doc: DocId,
+    /// What it is and where it belongs.
+    pub meta: DocMeta,
+    /// What the document gained, as Automerge bytes (an incremental save; for a document new to
+    /// the relay, everything). Applying a document's chunks in order with
+    /// `Automerge::load_incremental` rebuilds the relay's copy. Empty unless an [`Archive`] is
+    /// attached.
+    pub chunk: Vec<u8>,
+    /// Its heads afterwards.
+    pub heads: Vec<ChangeHash>,
+}
+
+/// What the archive implements (see the crate docs). Every method has a harmless default
+/// except [`Archive::changed`].
+pub trait Archive: Send + Sync + 'static {
+    /// A document changed. Called on the store thread: must not block (queue it).
+    fn changed(&self, change: DocChange);
+    /// Whether the archive can take writes now: `Err(why)` makes `/readyz` answer 503.
+    fn ready(&self) -> Result<(), String> {
+        Ok(())
+    }
+    /// Appends Prometheus text-format lines (with `# HELP`/`# TYPE`) to `/metrics`.
+    fn metrics(&self, out: &mut String) {
+        let _ = out;
+    }
+    /// Flushes what is queued; awaited last when the relay stops.
+    fn shutdown(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(async {})
+    }
+}
