@@ -325,8 +325,14 @@ export async function react(m: Message, emoji: string) {
 
 export async function openThread(root: Message) {
   update({ threadRoot: root });
-  const replies = await attempt(() => call("read", { channel: root.channel_id, thread: root.id, limit: 200 }));
+  const replies = await readThread(root);
   if (replies) update((s) => ({ threads: { ...s.threads, [root.id]: mergeMessages(s.threads[root.id] ?? [], replies) } }));
+}
+
+/** A thread's replies (the backend's thread read starts with the root itself). */
+async function readThread(root: Message): Promise<Message[] | undefined> {
+  const all = await attempt(() => call("read", { channel: root.channel_id, thread: root.id, limit: 200 }));
+  return all?.filter((m) => m.id !== root.id);
 }
 
 export function closeThread() {
@@ -349,6 +355,12 @@ export async function jumpTo(m: Message) {
 
 // ---- events --------------------------------------------------------------------------------
 
+/** Whether `m` is already on a list (an update, not an arrival). */
+function known(m: Message): boolean {
+  const list = m.thread_root ? state.threads[m.thread_root] : state.byChannel[m.channel_id]?.items;
+  return !list || list.some((x) => x.id === m.id);
+}
+
 /** Re-reads the newest page of loaded channels after events were lost. */
 async function refreshMessages(which: Set<string>) {
   const ids = Object.keys(state.byChannel).filter((id) => which.has("*") || which.has(id));
@@ -358,16 +370,16 @@ async function refreshMessages(which: Set<string>) {
   }
   const root = state.threadRoot;
   if (root && (which.has("*") || which.has(root.channel_id))) {
-    const replies = await call("read", { channel: root.channel_id, thread: root.id, limit: 200 }).catch(() => null);
+    const replies = await readThread(root).catch(() => null);
     if (replies) update((s) => ({ threads: { ...s.threads, [root.id]: mergeMessages(s.threads[root.id] ?? [], replies) } }), false);
   }
 }
 
 let lastPaintMark = 0;
 function handleBatch(events: Event[]) {
-  performance.mark("flyt:event");
   lastPaintMark++;
   const r = reduceBatch(events);
+  for (const m of r.messages) if (!known(m)) performance.mark(`flyt:event:${m.id}`);
   const now = Date.now();
   if (r.messages.length) applyMessages(r.messages, false);
   if (r.channels) void refreshChannels().then(() => {

@@ -11,7 +11,7 @@ export function hueOf(key: string): number {
 
 export function initials(name: string): string {
   const parts = name.trim().split(/[\s._-]+/).filter(Boolean);
-  const s = parts.length > 1 ? parts[0]![0]! + parts[1]![0]! : name.slice(0, 2);
+  const s = parts.length > 1 ? parts[0]![0]! + parts[1]![0]! : [...name][0] ?? "?";
   return s.toUpperCase();
 }
 

@@ -79,6 +79,7 @@ export function ChannelView({ s, channel }: { s: State; channel: Channel }) {
           editing={s.editing}
           focus={s.focus}
           presence={s.presence}
+          threads={s.threads}
           header={header}
         />
       ) : (

@@ -1,7 +1,8 @@
 import { memo, useCallback, useLayoutEffect, useRef, useState } from "react";
 import type { Message, Presence } from "../api";
 import { Markdown } from "../lib/markdown";
-import { timeOfDay } from "../lib/timeline";
+import { afterPaint } from "../lib/perf";
+import { shortTime, timeOfDay } from "../lib/timeline";
 import { edit, openThread, react, remove, update } from "../store";
 import { Avatar } from "./Avatar";
 import { EmojiPicker } from "./EmojiPicker";
@@ -18,6 +19,8 @@ interface Props {
   focused: boolean;
   presence: Presence | undefined;
   inThread?: boolean;
+  /** Replies loaded in the thread panel (counted even before the root's own update). */
+  loadedReplies?: number;
 }
 
 function EditBox({ message }: { message: Message }) {
@@ -61,8 +64,10 @@ function MessageItemImpl(p: Props) {
   const m = p.message;
   const [picking, setPicking] = useState(false);
   const mine = m.author.key === p.me;
+  const replies = Math.max(m.reply_count, p.loadedReplies ?? 0);
   const isMe = useCallback((n: string) => n.toLowerCase() === p.myName.toLowerCase(), [p.myName]);
-  const mentionsMe = m.mentions.includes(p.me);
+  // The backend lists mentions by person key or by name, depending on its version.
+  const mentionsMe = m.mentions.some((x) => x === p.me || isMe(x));
   const cls = [
     "msg",
     p.grouped ? "grouped" : "",
@@ -71,13 +76,14 @@ function MessageItemImpl(p: Props) {
     p.focused ? "focused" : "",
     picking ? "active" : "",
   ].join(" ");
+  useLayoutEffect(() => measureArrival(m.id), [m.id]);
   const reactions = Object.entries(m.reactions).filter(([, who]) => who.length > 0);
   return (
     <div className={cls} data-id={m.id} data-testid="message">
       <div className="gutter">
         {p.grouped ? (
           <time className="hover-time" dateTime={new Date(m.ts).toISOString()}>
-            {timeOfDay(m.ts)}
+            {shortTime(m.ts)}
           </time>
         ) : (
           <Avatar name={m.author.name} id={m.author.key} presence={p.presence} />
@@ -130,16 +136,16 @@ function MessageItemImpl(p: Props) {
             </button>
           </div>
         )}
-        {!p.inThread && m.reply_count > 0 && (
+        {!p.inThread && replies > 0 && (
           <button className="thread-link" onClick={() => void openThread(m)}>
-            {m.reply_count} {m.reply_count === 1 ? "reply" : "replies"}
+            {replies} {replies === 1 ? "reply" : "replies"}
           </button>
         )}
       </div>
       {!m.deleted && !p.editing && (
         <div className="actions" role="toolbar" aria-label="Message actions">
           {QUICK.map((e) => (
-            <button key={e} onClick={() => void react(m, e)} title={`React ${e}`}>
+            <button key={e} onClick={() => void react(m, e)} title={`React ${e}`} aria-label={`React ${e}`}>
               {e}
             </button>
           ))}
@@ -184,6 +190,18 @@ function MessageItemImpl(p: Props) {
 }
 
 export const MessageItem = memo(MessageItemImpl);
+
+/** For a message that came in an event: how long from the event to on screen (the benchmark
+ * reads these measures: `flyt:incoming` at commit, `flyt:incoming:paint` after the paint). */
+function measureArrival(id: string) {
+  const mark = `flyt:event:${id}`;
+  if (performance.getEntriesByName(mark, "mark").length === 0) return;
+  performance.measure("flyt:incoming", mark);
+  afterPaint(() => {
+    performance.measure("flyt:incoming:paint", mark);
+    performance.clearMarks(mark);
+  });
+}
 
 export function Icon({ d, size = 16 }: { d: string; size?: number }) {
   return (

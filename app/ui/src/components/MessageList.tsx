@@ -1,6 +1,7 @@
 import { useVirtualizer } from "@tanstack/react-virtual";
-import { useEffect, useLayoutEffect, useMemo, useRef } from "react";
+import { useEffect, useLayoutEffect, useMemo, useRef, useState } from "react";
 import type { Message, Presence } from "../api";
+import { afterPaint } from "../lib/perf";
 import { buildRows } from "../lib/timeline";
 import { loadOlder, update } from "../store";
 import { MessageItem } from "./MessageItem";
@@ -16,6 +17,7 @@ interface Props {
   editing: string | null;
   focus: string | null;
   presence: Record<string, Presence>;
+  threads: Record<string, Message[]>;
   header: React.ReactNode;
 }
 
@@ -36,6 +38,7 @@ export function MessageList(p: Props) {
   });
 
   const atBottom = useRef(true);
+  const [away, setAway] = useState(false);
   const first = p.items[0]?.id;
   const last = p.items[p.items.length - 1]?.id;
   const prevFirst = useRef<string | undefined>(undefined);
@@ -64,21 +67,13 @@ export function MessageList(p: Props) {
   // After a paint of a channel's newest screen, record how long opening took.
   useEffect(() => {
     if (p.items.length === 0) return;
-    requestAnimationFrame(() => {
+    afterPaint(() => {
       if (performance.getEntriesByName("flyt:open:start", "mark").length) {
         performance.measure("flyt:open", "flyt:open:start");
         performance.clearMarks("flyt:open:start");
       }
     });
   }, [p.channel, p.items.length]);
-
-  // A message that arrived from an event: measure event -> rendered.
-  useLayoutEffect(() => {
-    if (performance.getEntriesByName("flyt:event", "mark").length) {
-      performance.measure("flyt:incoming", "flyt:event");
-      performance.clearMarks("flyt:event");
-    }
-  }, [last]);
 
   // Jump to a message (search result) and flash it.
   useEffect(() => {
@@ -94,7 +89,9 @@ export function MessageList(p: Props) {
   const onScroll = () => {
     const el = scroller.current;
     if (!el) return;
-    atBottom.current = el.scrollHeight - el.scrollTop - el.clientHeight < STICKY;
+    const fromBottom = el.scrollHeight - el.scrollTop - el.clientHeight;
+    atBottom.current = fromBottom < STICKY;
+    setAway(fromBottom > 2 * el.clientHeight);
     if (el.scrollTop < 600 && p.hasMore && !p.loading) void loadOlder(p.channel);
   };
 
@@ -107,6 +104,18 @@ export function MessageList(p: Props) {
 
   const items = v.getVirtualItems();
   return (
+    <div className="list-wrap">
+    {away && (
+      <button
+        className="jump-newest"
+        onClick={() => {
+          atBottom.current = true;
+          v.scrollToIndex(count - 1, { align: "end" });
+        }}
+      >
+        ↓ Jump to newest
+      </button>
+    )}
     <div className="scroller" ref={scroller} onScroll={onScroll} data-testid="message-list">
       <div style={{ height: v.getTotalSize(), position: "relative" }}>
         {items.map((vi) => {
@@ -139,12 +148,14 @@ export function MessageList(p: Props) {
                   editing={p.editing === row.message.id}
                   focused={p.focus === row.message.id}
                   presence={p.presence[row.message.author.key]}
+                  loadedReplies={p.threads[row.message.id]?.length}
                 />
               )}
             </div>
           );
         })}
       </div>
+    </div>
     </div>
   );
 }

@@ -39,11 +39,12 @@ export function syncLine(status: Status | null, stream: boolean): { text: string
   if (!stream) return { text: "Reconnecting to your node…", cls: "off" };
   if (!status) return { text: "Starting…", cls: "off" };
   const connected = status.peers.filter((p) => p.connected).length;
-  if (status.catching_up && status.catching_up.total > 0 && status.catching_up.done < status.catching_up.total)
-    return { text: `Catching up ${status.catching_up.done}/${status.catching_up.total}`, cls: "busy" };
-  if (!status.online) return { text: "Offline — messages are saved and sync later", cls: "off" };
-  if (connected === 0) return { text: "Online · no peers connected", cls: "idle" };
-  return { text: `Online · ${connected} ${connected === 1 ? "peer" : "peers"}${status.relays.length ? ` · ${status.relays.length} relay` : ""}`, cls: "on" };
+  const relays = status.relays.length ? ` · ${status.relays.length} ${status.relays.length === 1 ? "relay" : "relays"}` : "";
+  const up = status.catching_up;
+  if (up && up.total > 0 && up.done < up.total) return { text: `Catching up · ${up.done} of ${up.total}`, cls: "busy" };
+  if (!status.online) return { text: "Offline · your messages sync when a peer is back", cls: "off" };
+  if (connected === 0) return { text: `Online${relays}`, cls: "on" };
+  return { text: `Online · ${connected} ${connected === 1 ? "peer" : "peers"}${relays}`, cls: "on" };
 }
 
 function ChannelRow({ c, current, icon, text }: { c: Channel; current: boolean; icon: React.ReactNode; text: string }) {
@@ -140,7 +141,7 @@ export function Sidebar({ s }: { s: State }) {
           </ul>
         </section>
       </div>
-      <footer className="me">
+      <footer className="me-bar">
         {me?.name && <Avatar name={me.name} id={me.person ?? me.name} size={28} presence="online" />}
         <span className="me-name">{me?.name}</span>
         <button className="icon-btn" title="Members" aria-label="Members" onClick={() => update({ dialog: "members" })}>

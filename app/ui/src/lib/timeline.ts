@@ -29,7 +29,12 @@ export function dayLabel(ts: number, now: number = Date.now()): string {
   return d.toLocaleDateString("en-US", { weekday: "long", month: "long", day: "numeric" });
 }
 
-/** "14:05"-style time of day. */
+/** "2:05" (no AM/PM): the time in a grouped message's narrow gutter. */
+export function shortTime(ts: number): string {
+  return new Date(ts).toLocaleTimeString([], { hour: "numeric", minute: "2-digit" }).replace(/\s?[AP]M$/i, "");
+}
+
+/** "2:05 PM"-style time of day, in the user's locale. */
 export function timeOfDay(ts: number): string {
   return new Date(ts).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
 }
@@ -37,9 +42,11 @@ export function timeOfDay(ts: number): string {
 export function buildRows(messages: readonly Message[], now: number = Date.now()): Row[] {
   const rows: Row[] = [];
   let prev: Message | null = null;
+  let prevDay = "";
   for (const m of messages) {
     const day = dayKey(m.ts);
-    const newDay = !prev || dayKey(prev.ts) !== day;
+    const newDay = !prev || prevDay !== day;
+    prevDay = day;
     if (newDay) rows.push({ kind: "day", key: `day-${day}`, label: dayLabel(m.ts, now) });
     const grouped =
       !newDay &&
