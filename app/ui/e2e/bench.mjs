@@ -3,15 +3,15 @@
 // by `flyt serve --ui`, driven in Chromium. Prints median and p99 of
 //   open:      page load -> the newest screen of the 100k channel painted (`flyt:open`)
 //   scroll:    frame times while scrolling back through history (pages load as it goes)
-//   incoming:  a message written by another process -> on screen (`flyt:incoming`, and after
-//              the paint `flyt:incoming:paint`)
+//   incoming:  a message sent by a second real node (bob, joined with an invite) -> on screen
+//              (`flyt:incoming` at commit, and after the paint `flyt:incoming:paint`)
 // then one JSON line. Usage: npm run bench [-- --runs N]
 
 import { execFileSync } from "node:child_process";
 import { existsSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { browser, flyt, FLYT, serveUi, summarize } from "./lib.mjs";
+import { browser, flyt, flytWithin, FLYT, serveUi, start, summarize, tempHome } from "./lib.mjs";
 
 const arg = (name, dflt) => {
   const i = process.argv.indexOf(name);
@@ -70,7 +70,22 @@ try {
   const frame = summarize(frames);
   const dropped = frames.filter((t) => t > 1000 / 60 * 1.5).length;
 
-  // incoming: messages written by another `flyt` process on this home, one at a time.
+  const o = summarize(open);
+  const n = summarize(fromNav);
+  const f = (x) => x.toFixed(1).padStart(8);
+  const line = (name, x, more = "") => console.log(`${name.padEnd(52)} ${f(x.median)} ${f(x.p99)} ${f(x.max)}  ${more}`);
+  console.log(`${"measurement".padEnd(52)}   median      p99      max`);
+  line("open 100k channel: read -> newest screen painted (ms)", o, `(n=${o.n})`);
+  line("  page load -> newest screen painted (ms)", n);
+  line("scroll back: frame time (ms)", frame, `(${frame.n} frames, ${dropped} over 25 ms, ${loaded} rows in DOM)`);
+
+  // incoming: bob, a second node, joins and sends one message at a time.
+  const bob = tempHome("bench-bob");
+  await flyt(bob, "init", "--name", "bob");
+  const ticket = (await flyt(home, "invite")).split(/\s+/).find((w) => w.startsWith("flyt1"));
+  console.error("bob joins the 100k workspace…");
+  await flytWithin(600_000, bob, "join", ticket, "--bind", "127.0.0.1:0");
+  const bobNode = start(bob, "serve", "--bind", "127.0.0.1:0");
   await page.getByTestId("channel-general").click();
   await page.evaluate(() => {
     const el = document.querySelector('[data-testid="message-list"]');
@@ -79,22 +94,15 @@ try {
   const N = Math.max(10, RUNS);
   for (let i = 0; i < N; i++) {
     const before = (await measures("flyt:incoming:paint")).length;
-    await flyt(home, "send", "general", `incoming ${i}: the build is green`);
-    await page.waitForFunction((n) => performance.getEntriesByName("flyt:incoming:paint", "measure").length > n, before, { timeout: 30_000 });
+    await flyt(bob, "send", "general", `incoming ${i}: the build is green`);
+    await page.waitForFunction((k) => performance.getEntriesByName("flyt:incoming:paint", "measure").length > k, before, { timeout: 60_000 });
   }
   const incoming = summarize(await measures("flyt:incoming"));
   const incomingPaint = summarize(await measures("flyt:incoming:paint"));
-
-  const o = summarize(open);
-  const n = summarize(fromNav);
-  const f = (x) => x.toFixed(1).padStart(8);
-  console.log(`${"measurement".padEnd(52)}   median      p99      max`);
-  console.log(`${"open 100k channel: read -> newest screen painted (ms)".padEnd(52)} ${f(o.median)} ${f(o.p99)} ${f(o.max)}  (n=${o.n})`);
-  console.log(`${"  page load -> newest screen painted (ms)".padEnd(52)} ${f(n.median)} ${f(n.p99)} ${f(n.max)}`);
-  console.log(`${"scroll back: frame time (ms)".padEnd(52)} ${f(frame.median)} ${f(frame.p99)} ${f(frame.max)}  (${frame.n} frames, ${dropped} over 25 ms, ${loaded} rows in DOM)`);
-  console.log(`${"incoming message: event -> rendered (ms)".padEnd(52)} ${f(incoming.median)} ${f(incoming.p99)} ${f(incoming.max)}  (n=${incoming.n})`);
-  console.log(`${"incoming message: event -> painted (ms)".padEnd(52)} ${f(incomingPaint.median)} ${f(incomingPaint.p99)} ${f(incomingPaint.max)}`);
+  line("incoming message: event -> rendered (ms)", incoming, `(n=${incoming.n})`);
+  line("incoming message: event -> painted (ms)", incomingPaint);
   console.log(JSON.stringify({ messages: MESSAGES, open_ms: o, load_to_paint_ms: n, frame_ms: frame, dropped_frames: dropped, incoming_ms: incoming, incoming_paint_ms: incomingPaint }));
+  await bobNode.stop();
 } finally {
   await b.close();
   await proc.stop();

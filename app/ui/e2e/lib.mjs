@@ -33,13 +33,19 @@ export function tempHome(name) {
 }
 
 /** Runs `flyt --home HOME ...args` to completion; returns stdout (JSON parsed with --json). */
-export async function flyt(home, ...args) {
+export function flyt(home, ...args) {
+  return flytWithin(60_000, home, ...args);
+}
+
+/** `flyt` with a deadline of `ms` (a join of a big workspace takes a while in a debug build). */
+export async function flytWithin(ms, home, ...args) {
   if (!existsSync(FLYT)) throw new Error(`no flyt binary at ${FLYT}: run \`cargo build -p cli\` first`);
   try {
-    const { stdout } = await run(FLYT, ["--home", home, ...args], { timeout: 60_000, maxBuffer: 64 << 20 });
+    const { stdout } = await run(FLYT, ["--home", home, ...args], { timeout: ms, maxBuffer: 64 << 20 });
     return args.includes("--json") ? JSON.parse(stdout) : stdout.trim();
   } catch (e) {
-    throw new Error(`flyt ${args.join(" ")} failed: ${e.stderr || e.message}`);
+    const why = e.killed ? `killed after ${ms / 1000} s` : `exit ${e.code}${e.signal ? `, ${e.signal}` : ""}`;
+    throw new Error(`flyt ${args.join(" ")} failed (${why}): ${e.stderr || e.stdout || e.message}`);
   }
 }
 

@@ -69,6 +69,7 @@ export function ChannelView({ s, channel }: { s: State; channel: Channel }) {
       </header>
       {data && (data.items.length > 0 || !data.loading) ? (
         <MessageList
+          key={channel.id}
           channel={channel.id}
           items={data.items}
           hasMore={data.hasMore}

@@ -29,15 +29,32 @@ export function MessageList(p: Props) {
   const rows = useMemo(() => buildRows(p.items), [p.items]);
   // Row 0 is the channel's beginning (or a loading row) so history has a top.
   const count = rows.length + 1;
+  const estimate = (i: number) => {
+    if (i === 0) return 120;
+    const r = rows[i - 1];
+    return r?.kind === "day" ? 44 : r?.kind === "msg" && r.grouped ? 28 : 60;
+  };
+  const atBottom = useRef(true);
   const v = useVirtualizer({
     count,
     getScrollElement: () => scroller.current,
-    estimateSize: (i) => (i === 0 ? 120 : rows[i - 1]?.kind === "day" ? 44 : rows[i - 1]?.kind === "msg" && (rows[i - 1] as { grouped: boolean }).grouped ? 28 : 60),
+    estimateSize: estimate,
     getItemKey: (i) => (i === 0 ? "top" : rows[i - 1]!.key),
-    overscan: 12,
+    overscan: 8,
+    // A chat opens at its newest message: start the first render at the bottom rather
+    // than rendering the top and scrolling down.
+    initialOffset: () => {
+      let total = 0;
+      for (let i = 0; i < count; i++) total += estimate(i);
+      return total;
+    },
+    // Rows measured taller than estimated must not push the newest message off screen.
+    onChange: (inst) => {
+      const el = scroller.current;
+      if (el && atBottom.current && !inst.isScrolling) el.scrollTop = el.scrollHeight;
+    },
   });
 
-  const atBottom = useRef(true);
   const [away, setAway] = useState(false);
   const first = p.items[0]?.id;
   const last = p.items[p.items.length - 1]?.id;
