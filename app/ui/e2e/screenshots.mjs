@@ -69,8 +69,16 @@ for (const theme of ["light", "dark"]) {
   await last.waitFor({ timeout: 20_000 });
   await page.getByRole("button", { name: "2 replies" }).waitFor({ timeout: 20_000 });
   await page.getByRole("button", { name: "🎉 2" }).waitFor({ timeout: 20_000 });
-  await page.getByRole("textbox", { name: "Message #engineering" }).fill("Sounds good, @jo");
-  await page.mouse.move(900, 300);
+  if (theme === "light") {
+    // The thread panel open beside the channel.
+    await page.getByRole("button", { name: "2 replies" }).click();
+    await page.getByRole("complementary", { name: "Thread" }).getByText("fuzzing finding").waitFor({ timeout: 20_000 });
+    await page.getByRole("textbox", { name: "Reply…" }).fill("Merged, thanks!");
+    await page.mouse.move(700, 300);
+  } else {
+    await page.getByRole("textbox", { name: "Message #engineering" }).fill("Sounds good, @jo");
+    await page.mouse.move(900, 300);
+  }
   await page.screenshot({ path: join(out, `${theme}.png`) });
   await page.close();
   console.log(`wrote ${join(out, `${theme}.png`)}`);

@@ -103,6 +103,17 @@ export function MessageList(p: Props) {
     return () => clearTimeout(t);
   }, [p.focus, rows, v]);
 
+  // The window or a side panel resized the list: stay at the newest message if we were there.
+  useEffect(() => {
+    const el = scroller.current;
+    if (!el) return;
+    const ro = new ResizeObserver(() => {
+      if (atBottom.current) el.scrollTop = el.scrollHeight;
+    });
+    ro.observe(el);
+    return () => ro.disconnect();
+  }, []);
+
   const onScroll = () => {
     const el = scroller.current;
     if (!el) return;

@@ -18,7 +18,7 @@ export function WorkspaceRail({ workspaces }: { workspaces: Workspace[] }) {
           <span className="ws-icon" style={{ ["--hue" as string]: hue(w.id) }}>
             {w.name.slice(0, 1).toUpperCase()}
           </span>
-          {!w.current && w.mentions > 0 && <span className="count mention">{w.mentions}</span>}
+          {!w.current && w.mentions > 0 && <span className="count alert">{w.mentions}</span>}
           {!w.current && w.mentions === 0 && w.unread > 0 && <span className="unread-dot" />}
         </button>
       ))}
@@ -62,7 +62,7 @@ function ChannelRow({ c, current, icon, text }: { c: Channel; current: boolean; 
           {text}
         </span>
         {!current && c.mentions > 0 ? (
-          <span className="count mention" aria-label={`${c.mentions} mentions`}>{c.mentions}</span>
+          <span className="count alert" aria-label={`${c.mentions} mentions`}>{c.mentions}</span>
         ) : unread ? (
           <span className="count" aria-label={`${c.unread} unread`}>{c.unread}</span>
         ) : null}
