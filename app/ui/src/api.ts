@@ -135,6 +135,11 @@ export class ApiError extends Error {
   }
 }
 
+/** Whether `e` says the node does not have this request at all (an older or smaller backend). */
+export function unsupported(e: unknown): boolean {
+  return e instanceof ApiError && e.code === "bad_request" && /does not know the request/i.test(e.message);
+}
+
 interface Transport {
   call(req: object): Promise<unknown>;
   subscribe(onBatch: (events: Event[]) => void): () => void;

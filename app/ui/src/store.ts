@@ -7,6 +7,7 @@ import {
   ApiError,
   call,
   subscribe,
+  unsupported,
   type Channel,
   type Event,
   type Member,
@@ -503,6 +504,7 @@ export async function openDm(names: string[]): Promise<string | null> {
     await openChannel(ch.id);
     return null;
   } catch (e) {
+    if (unsupported(e)) return "Direct messages are not available in this node yet: use a private channel.";
     return e instanceof ApiError ? e.message : String(e);
   }
 }

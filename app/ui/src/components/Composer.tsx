@@ -1,18 +1,9 @@
 import { useLayoutEffect, useMemo, useRef, useState } from "react";
 import type { Member, Message } from "../api";
 import { applyMention, mentionAt, suggest, type MentionQuery } from "../lib/mentions";
+import { tooLong } from "../lib/limits";
 import { send, typing, update } from "../store";
 import { Avatar } from "./Avatar";
-
-/** The longest message the backend accepts (crdt-model `MAX_TEXT_CHARS`), in characters. */
-export const MAX_CHARS = 40_000;
-
-/** A friendly sentence when `text` cannot be sent as it is, else null. */
-export function tooLong(text: string): string | null {
-  const n = [...text].length;
-  if (n <= MAX_CHARS) return null;
-  return `Messages can be at most ${MAX_CHARS.toLocaleString("en-US")} characters; this one has ${n.toLocaleString("en-US")}. Shorten it or split it in two — nothing is lost until you send.`;
-}
 
 const drafts = new Map<string, string>();
 

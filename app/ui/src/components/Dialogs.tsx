@@ -1,5 +1,5 @@
 import { useEffect, useState, type ReactNode } from "react";
-import { call, type Invite } from "../api";
+import { call, unsupported, type Invite } from "../api";
 import {
   attempt,
   createChannel,
@@ -10,6 +10,7 @@ import {
   setName,
   setRole,
   setTheme,
+  toast,
   update,
   type State,
   type Theme,
@@ -133,7 +134,7 @@ export function MembersDialog({ s }: { s: State }) {
                 </div>
               )}
               {!admin && m.person !== me && (
-                <button onClick={() => void openDm([m.name])}>Message</button>
+                <button onClick={() => void openDm([m.name]).then((e) => e && toast(e))}>Message</button>
               )}
             </li>
           );
@@ -170,7 +171,10 @@ function Relays() {
   const [relays, setRelays] = useState<unknown[] | null>(null);
   const [url, setUrl] = useState("");
   const [error, setError] = useState<string | null>(null);
-  const load = () => call("relays").then(setRelays, (e: Error) => setError(e.message));
+  const load = () =>
+    call("relays").then(setRelays, (e: Error) =>
+      setError(unsupported(e) ? "This node does not manage relays yet: it syncs directly with peers." : e.message),
+    );
   useEffect(() => void load(), []);
   const add = async () => {
     setError(null);
@@ -207,7 +211,13 @@ function Relays() {
 function Devices({ s }: { s: State }) {
   const [devices, setDevices] = useState<unknown[] | null>(null);
   const [error, setError] = useState<string | null>(null);
-  useEffect(() => void call("devices").then(setDevices, (e: Error) => setError(e.message)), []);
+  useEffect(
+    () =>
+      void call("devices").then(setDevices, (e: Error) =>
+        setError(unsupported(e) ? "Linking more devices is not available in this node yet." : e.message),
+      ),
+    [],
+  );
   const label = (d: unknown) => (typeof d === "string" ? d : (d as { name?: string; device?: string }).name ?? (d as { device?: string }).device ?? JSON.stringify(d));
   return (
     <section>

@@ -1,4 +1,5 @@
-import type { Channel, Status, Workspace } from "../api";
+import type { Channel, Workspace } from "../api";
+import { syncLine } from "../lib/status";
 import { openChannel, update, useWorkspace, type Dialog, type State } from "../store";
 import { Avatar, PresenceDot } from "./Avatar";
 import { Icon } from "./MessageItem";
@@ -33,18 +34,6 @@ function hue(id: string): number {
   let h = 0;
   for (const c of id) h = (h * 31 + c.charCodeAt(0)) >>> 0;
   return h % 360;
-}
-
-export function syncLine(status: Status | null, stream: boolean): { text: string; cls: string } {
-  if (!stream) return { text: "Reconnecting to your node…", cls: "off" };
-  if (!status) return { text: "Starting…", cls: "off" };
-  const connected = status.peers.filter((p) => p.connected).length;
-  const relays = status.relays.length ? ` · ${status.relays.length} ${status.relays.length === 1 ? "relay" : "relays"}` : "";
-  const up = status.catching_up;
-  if (up && up.total > 0 && up.done < up.total) return { text: `Catching up · ${up.done} of ${up.total}`, cls: "busy" };
-  if (!status.online) return { text: "Offline · your messages sync when a peer is back", cls: "off" };
-  if (connected === 0) return { text: `Online${relays}`, cls: "on" };
-  return { text: `Online · ${connected} ${connected === 1 ? "peer" : "peers"}${relays}`, cls: "on" };
 }
 
 function ChannelRow({ c, current, icon, text }: { c: Channel; current: boolean; icon: React.ReactNode; text: string }) {
