@@ -170,6 +170,29 @@ try {
     await message("are you there?").waitFor();
     await badge.waitFor({ state: "detached" });
   });
+
+  await step("members: roles, promote and remove", async () => {
+    await page.getByRole("button", { name: "Members" }).first().click();
+    const dialog = page.getByRole("dialog", { name: /^Members/ });
+    const bobRow = dialog.getByTestId("member").filter({ hasText: "bob" });
+    await bobRow.locator(".role", { hasText: "member" }).waitFor();
+    await dialog.getByTestId("member").filter({ hasText: "alice (you)" }).locator(".role", { hasText: "owner" }).waitFor();
+    await bobRow.getByRole("button", { name: "Make admin" }).click();
+    await bobRow.locator(".role", { hasText: "admin" }).waitFor();
+    await bobRow.getByRole("button", { name: "Remove" }).click();
+    await bobRow.waitFor({ state: "detached" });
+    await page.keyboard.press("Escape");
+  });
+
+  await step("workspaces: create a second one, switch back with the rail", async () => {
+    await page.getByRole("button", { name: "Add a workspace" }).click();
+    await page.getByLabel("Workspace name").fill("Side project");
+    await page.getByRole("button", { name: "Create workspace" }).click();
+    await page.locator(".ws-header h1", { hasText: "Side project" }).waitFor();
+    await page.getByRole("button", { name: "Workspace Acme" }).click();
+    await page.locator(".ws-header h1", { hasText: "Acme" }).waitFor();
+    await message("are you there?").waitFor();
+  });
 } catch {
   // step() printed it
 } finally {
