@@ -169,10 +169,15 @@ export async function boot() {
 
 /** Loads the current workspace's lists and opens a channel. */
 export async function loadWorkspace() {
-  const workspaces = await call("workspaces");
+  // All three at once (one round trip less on start); without a workspace the last two fail.
+  const [workspaces, ch, mb] = await Promise.all([
+    call("workspaces"),
+    call("channels").catch(() => null),
+    call("members").catch(() => null),
+  ]);
   update({ workspaces });
   if (!workspaces.some((w) => w.current)) return;
-  const [channels, members] = await Promise.all([call("channels"), call("members")]);
+  const [channels, members] = await Promise.all([ch ?? call("channels"), mb ?? call("members")]);
   update({ channels, members, byChannel: {}, threads: {}, threadRoot: null });
   void refreshStatus();
   const keep = channels.find((c) => c.id === state.current);
@@ -435,12 +440,15 @@ export function startEvents(): () => void {
 }
 
 let lastTyping = 0;
-/** Tells peers we are typing, at most every 3 seconds (ignored by backends without it). */
+let typingSupported = true;
+/** Tells peers we are typing, at most every 3 seconds; stops asking a node without it. */
 export function typing(channel: string) {
   const now = Date.now();
-  if (now - lastTyping < 3000) return;
+  if (!typingSupported || now - lastTyping < 3000) return;
   lastTyping = now;
-  void call("typing", { channel }).catch(() => undefined);
+  void call("typing", { channel }).catch((e: unknown) => {
+    if (unsupported(e)) typingSupported = false;
+  });
 }
 
 // ---- workspace and people ------------------------------------------------------------------
