@@ -171,6 +171,22 @@ try {
     await badge.waitFor({ state: "detached" });
   });
 
+  await step("history: a fresh page scrolls back through older pages to the channel's start", async () => {
+    for (let i = 0; i < 70; i++) await flyt(bobHome, "send", "general", `backlog ${i}`);
+    await page.reload();
+    await message("backlog 69").waitFor();
+    assert.equal(await message("backlog 0").count(), 0, "the first page holds only the newest 50");
+    const list = page.getByTestId("message-list");
+    const start = page.getByRole("heading", { name: "Welcome to #general" });
+    for (let i = 0; i < 40 && !(await start.isVisible()); i++) {
+      await list.evaluate((el) => (el.scrollTop = 0));
+      await page.waitForFunction(() => !document.querySelector(".history-loading")?.textContent, null, { timeout: T });
+    }
+    await start.waitFor();
+    await message("hi @alice, bob here").waitFor();
+    await page.getByTestId("message").filter({ hasText: "This message was deleted." }).waitFor();
+  });
+
   await step("members: roles, promote and remove", async () => {
     await page.getByRole("button", { name: "Members" }).first().click();
     const dialog = page.getByRole("dialog", { name: /^Members/ });
@@ -191,7 +207,7 @@ try {
     await page.locator(".ws-header h1", { hasText: "Side project" }).waitFor();
     await page.getByRole("button", { name: "Workspace Acme" }).click();
     await page.locator(".ws-header h1", { hasText: "Acme" }).waitFor();
-    await message("are you there?").waitFor();
+    await message("backlog 69").waitFor();
   });
 } catch {
   // step() printed it
