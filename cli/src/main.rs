@@ -6,6 +6,7 @@
 
 mod net;
 mod output;
+mod relay;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -49,6 +50,9 @@ enum Command {
     /// List the members of the current workspace.
     #[command(subcommand)]
     Member(MemberCmd),
+    /// Add, list and remove the relays the current workspace syncs through.
+    #[command(subcommand)]
+    Relay(RelayCmd),
     /// Post a message; prints its id.
     Send {
         /// Channel: `general`, `#general` or a channel id.
@@ -193,6 +197,23 @@ enum MemberCmd {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum RelayCmd {
+    /// Add a relay (owners and admins): fetches its /info, records it in the workspace (every
+    /// member's node then syncs through it) and hands it the workspace document.
+    Add {
+        /// The relay's URL, e.g. http://127.0.0.1:8787
+        url: String,
+    },
+    /// List the workspace's relays.
+    List,
+    /// Remove a relay (owners and admins): members stop syncing with it, it stops serving.
+    Remove {
+        /// The relay's URL or id.
+        url: String,
+    },
+}
+
 /// Parses `90s`, `30m`, `24h`, `7d`.
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
@@ -307,6 +328,23 @@ fn run(cli: Cli, out: &mut output::Out) -> Result<()> {
             store.identity()?;
             store.set_role(&name, crdt_model::Role::Removed)?;
             out.members(&store.members()?)?;
+        }
+        Command::Relay(RelayCmd::Add { url }) => {
+            store.identity()?;
+            let url = url.trim_end_matches('/').to_owned();
+            let info = relay::info(&url)?;
+            let ws = store.add_relay(&url, info.id, info.addrs)?;
+            relay::join(&url, &store.workspace_save(ws)?)?;
+            out.relays(&store.relays()?)?;
+        }
+        Command::Relay(RelayCmd::List) => {
+            store.identity()?;
+            out.relays(&store.relays()?)?;
+        }
+        Command::Relay(RelayCmd::Remove { url }) => {
+            store.identity()?;
+            store.remove_relay(&url)?;
+            out.relays(&store.relays()?)?;
         }
         Command::Serve { bind } => {
             store.identity()?;

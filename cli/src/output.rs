@@ -176,6 +176,25 @@ impl Out {
         Ok(())
     }
 
+    pub fn relays(
+        &mut self,
+        rows: &[(crdt_model::DeviceId, crdt_model::workspace::RelayListing)],
+    ) -> Result<()> {
+        if self.json {
+            let v: Vec<serde_json::Value> = rows
+                .iter()
+                .map(|(id, l)| {
+                    serde_json::json!({ "id": id.to_string(), "url": l.url, "addrs": l.addrs, "added_ms": l.at_ms })
+                })
+                .collect();
+            return self.json(&v);
+        }
+        for (id, l) in rows {
+            writeln!(self.out, "{}  {}", l.url, self.paint("2", &id.to_string()))?;
+        }
+        Ok(())
+    }
+
     pub fn ticket(&mut self, ticket: &str) -> Result<()> {
         if self.json {
             return self.json(&json!({ "ticket": ticket }));

@@ -83,6 +83,9 @@ pub enum StoreError {
     /// No member by that name.
     #[error("no member named {0:?} in this workspace")]
     UnknownMember(String),
+    /// No relay with that URL or id in this workspace.
+    #[error("no relay {0:?} in this workspace (see `flyt relay list`)")]
+    UnknownRelay(String),
     /// No message with that id.
     #[error("no message with id {0:?}")]
     UnknownMessage(String),

@@ -129,8 +129,11 @@ fn store_thread(
     mut rx: mpsc::UnboundedReceiver<Cmd>,
     events: broadcast::Sender<NodeEvent>,
     received: Arc<std::sync::atomic::AtomicU64>,
+    dial: mpsc::UnboundedSender<PeerAddr>,
 ) {
     let mut engine = Engine::new();
+    // Relays of our workspaces already being kept connected.
+    let mut relays: std::collections::HashSet<DeviceId> = std::collections::HashSet::new();
     let mut busy = false;
     let mut conns = Connections {
         live: HashMap::new(),
@@ -251,6 +254,18 @@ fn store_thread(
                     Ok(docs) => push(&mut store, &mut engine, &mut conns, docs),
                     Err(e) => warn!("looking for other processes' writes failed: {e:#}"),
                 }
+                // A workspace that lists a relay (ours, another process's, or a peer's change):
+                // keep a connection to it.
+                match store.relay_peers() {
+                    Ok(listed) => {
+                        for to in listed {
+                            if relays.insert(to.id) {
+                                let _ = dial.send(to);
+                            }
+                        }
+                    }
+                    Err(e) => warn!("reading the relays failed: {e:#}"),
+                }
             }
             Cmd::Stop => break,
         }
@@ -275,11 +290,12 @@ impl Node {
         let (cmd, rx) = mpsc::unbounded_channel();
         let (events, _) = broadcast::channel(4096);
         let ev = events.clone();
+        let (dial, mut to_dial) = mpsc::unbounded_channel();
         let store_thread = std::thread::Builder::new()
             .name("flyt-store".into())
             .spawn({
                 let received = received.clone();
-                move || store_thread(store, rx, ev, received)
+                move || store_thread(store, rx, ev, received, dial)
             })
             .expect("spawn the store thread");
         let cancel = CancellationToken::new();
@@ -315,6 +331,20 @@ impl Node {
                     if cmd.send(Cmd::Tick).is_err() {
                         return;
                     }
+                }
+            });
+        }
+        {
+            let dialer = Dialer {
+                transport: transport.clone(),
+                cmd: cmd.clone(),
+                cancel: cancel.clone(),
+                tasks: tasks.clone(),
+            };
+            let cancel = cancel.clone();
+            tasks.spawn(async move {
+                while let Some(Some(to)) = cancel.run_until_cancelled(to_dial.recv()).await {
+                    dialer.connect(to);
                 }
             });
         }
@@ -379,47 +409,16 @@ impl Node {
     /// Keeps a connection to `to`: dials now and redials with backoff whenever it drops, until
     /// the node stops or the peer refuses us.
     pub fn connect(&self, to: PeerAddr) {
-        let (transport, cmd, cancel) = (
-            self.transport.clone(),
-            self.cmd.clone(),
-            self.cancel.clone(),
-        );
-        let span = info_span!("dial", peer = %to.id);
-        self.tasks.spawn(
-            async move {
-                let mut backoff = Duration::from_millis(100);
-                loop {
-                    let conn = cancel
-                        .run_until_cancelled(transport.dial(&to, DIAL_TIMEOUT))
-                        .await;
-                    match conn {
-                        None => return,
-                        Some(Ok(conn)) => {
-                            backoff = Duration::from_millis(100);
-                            match serve_conn(conn, cmd.clone(), Side::Dial, cancel.child_token())
-                                .await
-                            {
-                                Err(NodeError::Refused(why)) => {
-                                    warn!("peer refused us: {why}");
-                                    return;
-                                }
-                                _ => debug!("connection ended"),
-                            }
-                        }
-                        Some(Err(e)) => debug!("dial failed: {e:#}"),
-                    }
-                    if cancel
-                        .run_until_cancelled(tokio::time::sleep(backoff))
-                        .await
-                        .is_none()
-                    {
-                        return;
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-            }
-            .instrument(span),
-        );
+        self.dialer().connect(to);
+    }
+
+    fn dialer(&self) -> Dialer {
+        Dialer {
+            transport: self.transport.clone(),
+            cmd: self.cmd.clone(),
+            cancel: self.cancel.clone(),
+            tasks: self.tasks.clone(),
+        }
     }
 
     /// Joins a workspace with an invite ticket: checks it, dials the inviter, presents it with
@@ -491,6 +490,62 @@ impl Node {
         if let Some(t) = self.store_thread.take() {
             let _ = tokio::task::spawn_blocking(move || t.join()).await;
         }
+    }
+}
+
+/// What keeping a connection needs (cloneable, so the relay watcher can dial too).
+struct Dialer {
+    transport: Arc<Transport>,
+    cmd: mpsc::UnboundedSender<Cmd>,
+    cancel: CancellationToken,
+    tasks: tokio_util::task::TaskTracker,
+}
+
+impl Dialer {
+    /// Keeps a connection to `to`: dials now and redials with backoff whenever it drops, until
+    /// the node stops or the peer refuses us.
+    fn connect(&self, to: PeerAddr) {
+        let (transport, cmd, cancel) = (
+            self.transport.clone(),
+            self.cmd.clone(),
+            self.cancel.clone(),
+        );
+        let span = info_span!("dial", peer = %to.id);
+        self.tasks.spawn(
+            async move {
+                let mut backoff = Duration::from_millis(100);
+                loop {
+                    let conn = cancel
+                        .run_until_cancelled(transport.dial(&to, DIAL_TIMEOUT))
+                        .await;
+                    match conn {
+                        None => return,
+                        Some(Ok(conn)) => {
+                            backoff = Duration::from_millis(100);
+                            match serve_conn(conn, cmd.clone(), Side::Dial, cancel.child_token())
+                                .await
+                            {
+                                Err(NodeError::Refused(why)) => {
+                                    warn!("peer refused us: {why}");
+                                    return;
+                                }
+                                _ => debug!("connection ended"),
+                            }
+                        }
+                        Some(Err(e)) => debug!("dial failed: {e:#}"),
+                    }
+                    if cancel
+                        .run_until_cancelled(tokio::time::sleep(backoff))
+                        .await
+                        .is_none()
+                    {
+                        return;
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+            .instrument(span),
+        );
     }
 }
 

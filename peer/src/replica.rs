@@ -121,8 +121,17 @@ impl Writer<'_> {
             .unwrap_or(false)
     }
 
-    fn allowed(&self, peer: &DeviceId, row: &DocRow) -> bool {
+    /// Whether `peer` is a relay workspace `ws` lists (added by an owner or admin).
+    fn is_relay(&mut self, ws: DocId, peer: &DeviceId) -> bool {
+        self.view(ws).is_ok_and(|v| v.relays.contains_key(peer))
+    }
+
+    fn allowed(&mut self, peer: &DeviceId, row: &DocRow) -> bool {
         let Some(person) = self.member_person(row.workspace, peer) else {
+            // A relay the workspace lists gets its documents, except private channels'.
+            if self.is_relay(row.workspace, peer) {
+                return row.channel.is_none_or(|ch| !self.channel_private(ch));
+            }
             // The inviter of a workspace we are joining may send us its documents.
             return self.inviter_of(row.workspace) == Some(peer.to_string());
         };
@@ -191,6 +200,16 @@ impl Host for Writer<'_> {
             .flatten();
         if member.is_some() {
             return true;
+        }
+        let workspaces: Vec<String> = self
+            .tx
+            .prepare_cached("SELECT id FROM docs WHERE kind = 'workspace'")
+            .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+            .unwrap_or_default();
+        for ws in workspaces.iter().filter_map(|w| w.parse::<DocId>().ok()) {
+            if self.is_relay(ws, peer) {
+                return true;
+            }
         }
         let inviter: Option<i64> = self
             .tx
@@ -581,6 +600,95 @@ impl Store {
             buckets: count("SELECT count(*) FROM docs WHERE kind = 'bucket'")?,
             messages: count("SELECT count(*) FROM messages")?,
         })
+    }
+
+    /// Adds a relay to the current workspace (owners and admins): a signed record every
+    /// member's node learns through sync, and then keeps a connection to.
+    pub fn add_relay(
+        &mut self,
+        url: &str,
+        relay: DeviceId,
+        addrs: Vec<String>,
+    ) -> Result<DocId, StoreError> {
+        self.set_relay(url, relay, addrs, true)
+    }
+
+    /// Removes the relay with this URL (or device id) from the current workspace.
+    pub fn remove_relay(&mut self, url_or_id: &str) -> Result<DocId, StoreError> {
+        let url = url_or_id.trim_end_matches('/');
+        let found = self
+            .relays()?
+            .into_iter()
+            .find(|(id, l)| l.url == url || id.to_string() == url)
+            .ok_or_else(|| StoreError::UnknownRelay(url.to_owned()))?;
+        self.set_relay(&found.1.url, found.0, found.1.addrs, false)
+    }
+
+    fn set_relay(
+        &mut self,
+        url: &str,
+        relay: DeviceId,
+        addrs: Vec<String>,
+        active: bool,
+    ) -> Result<DocId, StoreError> {
+        let ws = self.require_workspace()?;
+        self.write(|w| {
+            let me = w.me;
+            let record = crdt_model::signed::RelayRecord {
+                workspace: ws,
+                relay,
+                url: url.trim_end_matches('/').to_owned(),
+                addrs,
+                active,
+                at_ms: now_ms(),
+            };
+            w.change(ws, |doc| workspace::set_relay(doc, me, record))?;
+            w.project_workspace(ws)
+        })?;
+        Ok(ws)
+    }
+
+    /// The relays the current workspace lists.
+    pub fn relays(&mut self) -> Result<Vec<(DeviceId, workspace::RelayListing)>, StoreError> {
+        let ws = self.require_workspace()?;
+        Ok(self.read_view(ws)?.relays.into_iter().collect())
+    }
+
+    /// Every relay any of our workspaces lists, to keep connected to.
+    pub fn relay_peers(&mut self) -> Result<Vec<crate::net::PeerAddr>, StoreError> {
+        let workspaces: Vec<String> = self
+            .conn
+            .prepare_cached("SELECT id FROM docs WHERE kind = 'workspace'")?
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        let mut out = Vec::new();
+        for ws in workspaces {
+            for (id, l) in self.read_view(ws.parse()?)?.relays {
+                out.push(crate::net::PeerAddr {
+                    id,
+                    addrs: l.addrs.iter().filter_map(|a| a.parse().ok()).collect(),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// The verified view of a workspace, outside a write (cached until its heads move).
+    fn read_view(&mut self, ws: DocId) -> Result<workspace::WorkspaceView, StoreError> {
+        let device = self.identity()?.device_id();
+        let doc = self
+            .cache
+            .get(&self.conn, ws, &device)?
+            .ok_or_else(|| StoreError::UnknownWorkspace(ws.to_string()))?;
+        let heads = doc.get_heads();
+        if let Some((h, v)) = self.views.get(&ws)
+            && *h == heads
+        {
+            return Ok(v.clone());
+        }
+        let v = workspace::view(doc, ws);
+        self.views.insert(ws, (heads, v.clone()));
+        Ok(v)
     }
 
     /// Remembers a peer to keep connected to and where it listens.

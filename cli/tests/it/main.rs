@@ -914,3 +914,33 @@ fn broken_pipe_exits_zero() {
         );
     }
 }
+
+#[test]
+fn relay_commands_refuse_bad_urls_and_unreachable_relays_and_change_nothing() {
+    let home = Home::with_alice();
+    assert_eq!(home.json(&["relay", "list"]), json!([]));
+    let state = || {
+        (
+            home.json(&["workspace", "list"]),
+            home.json(&["member", "list"]),
+        )
+    };
+    let before = state();
+    // Port 1 on loopback: nothing listens there.
+    for (url, says) in [
+        (
+            "http://127.0.0.1:1",
+            "could not reach the relay at http://127.0.0.1:1",
+        ),
+        ("ftp://relay.example", "a relay URL starts with http://"),
+        ("https://relay.example", "over http:// only"),
+    ] {
+        let err = home.fails(&["relay", "add", url]);
+        assert!(err.contains(says), "{url}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+    }
+    let err = home.fails(&["relay", "remove", "http://127.0.0.1:1"]);
+    assert!(err.contains("no relay \"http://127.0.0.1:1\""), "{err}");
+    assert_eq!(state(), before);
+    assert_eq!(home.json(&["relay", "list"]), json!([]));
+}

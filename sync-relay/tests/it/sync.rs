@@ -1,0 +1,277 @@
+//! The relay as a sync peer, with real nodes over real iroh QUIC on 127.0.0.1: store-and-
+//! forward, restart, and what non-members get (nothing).
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use crdt_model::{DocId, Role};
+use peer::Store;
+use peer::net::{PeerAddr, Transport};
+use peer::node::{Node, NodeConfig, NodeEvent};
+use peer::sync::protocol::{Frame, PROTOCOL_VERSION};
+use sync_relay::runtime::{Relay, RelayEvent};
+use tokio::sync::broadcast;
+
+use crate::common::{LIMIT, config, request, start};
+
+const LOOPBACK: &str = "127.0.0.1:0";
+
+async fn node(db: &std::path::Path) -> Node {
+    Node::start(NodeConfig {
+        db: db.to_owned(),
+        bind: LOOPBACK.parse().unwrap(),
+    })
+    .await
+    .unwrap()
+}
+
+/// Waits until `check` holds on the node's store, re-checking after every node event.
+async fn until<T: Send + 'static>(
+    node: &Node,
+    events: &mut broadcast::Receiver<NodeEvent>,
+    what: &str,
+    check: impl Fn(&mut Store) -> Option<T> + Send + Sync + Clone + 'static,
+) -> T {
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    loop {
+        let c = check.clone();
+        if let Some(v) = node.call(move |s| c(s)).await.unwrap() {
+            return v;
+        }
+        if tokio::time::timeout_at(deadline, events.recv())
+            .await
+            .is_err()
+        {
+            panic!("timed out waiting for {what}");
+        }
+    }
+}
+
+/// Waits until `check` holds on the relay's store, re-checking after every relay event.
+async fn relay_until(
+    relay: &Relay,
+    what: &str,
+    check: impl Fn(&mut sync_relay::store::RelayStore) -> bool + Send + Clone + 'static,
+) {
+    let mut events = relay.handle().subscribe();
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    loop {
+        let c = check.clone();
+        if relay.handle().call(move |s| c(s)).await.unwrap() {
+            return;
+        }
+        if tokio::time::timeout_at(deadline, events.recv())
+            .await
+            .is_err()
+        {
+            panic!("timed out waiting for the relay: {what}");
+        }
+    }
+}
+
+fn addrs(a: &PeerAddr) -> Vec<String> {
+    a.addrs.iter().map(|a| a.to_string()).collect()
+}
+
+/// Messages in the relay's copy of a bucket.
+fn relay_messages(s: &mut sync_relay::store::RelayStore, bucket: DocId) -> usize {
+    s.save(bucket)
+        .unwrap()
+        .map(|b| crdt_model::bucket::message_ids(&automerge::Automerge::load(&b).unwrap()).len())
+        .unwrap_or(0)
+}
+
+/// A free UDP port on loopback (so a restarted relay keeps the address members know).
+fn free_udp() -> std::net::SocketAddr {
+    std::net::UdpSocket::bind(LOOPBACK)
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_and_forward_and_restart() {
+    let relay_dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(relay_dir.path());
+    cfg.iroh_bind = free_udp();
+    let relay = start(cfg.clone()).await;
+    let url = format!("http://{}", relay.http_addr());
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (db_a, db_b) = (a.path().join("flyt.db"), b.path().join("flyt.db"));
+
+    // Alice makes a workspace with history in two buckets, adds the relay (what `flyt relay
+    // add` does), and serves.
+    let (ws, ch) = {
+        let mut s = Store::open(&db_a).unwrap();
+        s.init("alice").unwrap();
+        let ws = s.create_workspace("acme").unwrap();
+        let ch = s.create_channel("general", "", false).unwrap();
+        s.add_relay(&url, relay.peer_addr().id, addrs(&relay.peer_addr()))
+            .unwrap();
+        let (status, body) = request(
+            relay.http_addr(),
+            "POST",
+            "/join",
+            &s.workspace_save(ws).unwrap(),
+        )
+        .await;
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        (ws, ch)
+    };
+    let alice = node(&db_a).await;
+    let mut ev_a = alice.subscribe();
+
+    // Bob joins by ticket while Alice is online, then goes offline.
+    let ticket = {
+        let listen = addrs(&alice.addr());
+        alice
+            .call(move |s| s.invite(Role::Member, 3_600_000, listen))
+            .await
+            .unwrap()
+            .unwrap()
+    };
+    {
+        let mut s = Store::open(&db_b).unwrap();
+        s.init("bob").unwrap();
+    }
+    let bob = node(&db_b).await;
+    let mut ev_b = bob.subscribe();
+    bob.join(&ticket).await.unwrap();
+    until(&bob, &mut ev_b, "bob has #general", move |s| {
+        s.use_workspace(ws).ok()?;
+        s.channels()
+            .ok()?
+            .iter()
+            .any(|c| c.name == "general")
+            .then_some(())
+    })
+    .await;
+    bob.shutdown().await;
+
+    // Alice posts while Bob is offline; the relay gets it all; Alice goes offline too.
+    let texts = ["one", "two", "three"];
+    for t in texts {
+        alice
+            .call(move |s| s.post(ch, t, None, None).map(|_| ()))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let bucket = alice
+        .call(move |s| s.buckets(ch).unwrap().pop().unwrap().1)
+        .await
+        .unwrap();
+    relay_until(&relay, "alice's three messages", move |s| {
+        relay_messages(s, bucket) == 3
+    })
+    .await;
+    let _ = ev_a.try_recv();
+    alice.shutdown().await;
+
+    // The relay restarts on its data (same key, same address); its sync states were saved.
+    relay.shutdown().await;
+    let relay = start(cfg.clone()).await;
+    relay_until(&relay, "the relay still holds the messages", move |s| {
+        relay_messages(s, bucket) == 3
+    })
+    .await;
+
+    // Bob comes back: his node knows the relay from the workspace document and gets Alice's
+    // messages from it, verified, with Alice offline.
+    let bob = node(&db_b).await;
+    let mut ev_b = bob.subscribe();
+    let got = until(
+        &bob,
+        &mut ev_b,
+        "alice's messages via the relay",
+        move |s| {
+            let rows = s.read(ch, 50, None, None).ok()?;
+            (rows.len() == 3).then_some(rows)
+        },
+    )
+    .await;
+    assert_eq!(
+        got.iter().map(|m| m.text.as_str()).collect::<Vec<_>>(),
+        texts
+    );
+    assert!(got.iter().all(|m| m.verified && m.author.name == "alice"));
+    assert!(relay.handle().metrics.bytes_sent.load(Ordering::Relaxed) > 0);
+
+    // And the other way: Bob posts, the relay has it, after a restart with saved sync state.
+    bob.call(move |s| s.post(ch, "back", None, None).map(|_| ()))
+        .await
+        .unwrap()
+        .unwrap();
+    relay_until(&relay, "bob's message", move |s| {
+        relay_messages(s, bucket) == 4
+    })
+    .await;
+    bob.shutdown().await;
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_members_get_nothing_over_iroh() {
+    let relay_dir = tempfile::tempdir().unwrap();
+    let relay = start(config(relay_dir.path())).await;
+    let url = format!("http://{}", relay.http_addr());
+    let a = tempfile::tempdir().unwrap();
+    let mut s = Store::open(&a.path().join("flyt.db")).unwrap();
+    s.init("alice").unwrap();
+    let ws = s.create_workspace("acme").unwrap();
+    s.create_channel("general", "", false).unwrap();
+    s.add_relay(&url, relay.peer_addr().id, addrs(&relay.peer_addr()))
+        .unwrap();
+    let (status, _) = request(
+        relay.http_addr(),
+        "POST",
+        "/join",
+        &s.workspace_save(ws).unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    // A device that is no member dials the relay and asks for everything it can name.
+    let t = Transport::bind([42; 32], LOOPBACK.parse().unwrap())
+        .await
+        .unwrap();
+    let conn = t
+        .dial(&relay.peer_addr(), Duration::from_secs(5))
+        .await
+        .unwrap();
+    let (mut r, mut w) = conn.split();
+    let mut events = relay.handle().subscribe();
+    w.send(&Frame::Hello {
+        version: PROTOCOL_VERSION,
+        have: vec![peer::sync::protocol::DocRef::Workspace { id: ws }],
+    })
+    .await
+    .unwrap();
+    let _ = w
+        .send(&Frame::Sync {
+            doc: ws,
+            data: automerge::sync::Message::decode(&[])
+                .map(|m| m.encode())
+                .unwrap_or_default(),
+        })
+        .await;
+    // Not one frame comes back: the connection ends.
+    let next = tokio::time::timeout(LIMIT, r.next())
+        .await
+        .expect("closed in time");
+    assert!(
+        !matches!(next, Ok(Some(_))),
+        "a non-member got a frame: {next:?}"
+    );
+    tokio::time::timeout(LIMIT, async {
+        while !matches!(events.recv().await, Ok(RelayEvent::PeerDown(_))) {}
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        relay.handle().metrics.refused_peers.load(Ordering::Relaxed),
+        1
+    );
+    t.close().await;
+    relay.shutdown().await;
+}
