@@ -275,3 +275,211 @@ async fn non_members_get_nothing_over_iroh() {
     t.close().await;
     relay.shutdown().await;
 }
+
+/// A relay serving a workspace with one member device whose secret is `member`; returns the
+/// relay and the workspace.
+async fn relay_with_member(
+    dir: &std::path::Path,
+    home: &std::path::Path,
+    member: [u8; 32],
+    tune: impl FnOnce(&mut sync_relay::config::Config),
+) -> (Relay, DocId) {
+    let mut cfg = config(dir);
+    tune(&mut cfg);
+    let relay = start(cfg).await;
+    let url = format!("http://{}", relay.http_addr());
+    let mut s = Store::open(&home.join("flyt.db")).unwrap();
+    s.init("alice").unwrap();
+    let ws = s.create_workspace("acme").unwrap();
+    s.create_channel("general", "", false).unwrap();
+    let mallory = crdt_model::Identity::from_secrets([7; 32], member, "mallory");
+    s.admit(&mallory.device_cert("laptop", peer::now_ms()), Role::Member)
+        .unwrap();
+    s.add_relay(&url, relay.peer_addr().id, addrs(&relay.peer_addr()))
+        .unwrap();
+    let (status, _) = request(
+        relay.http_addr(),
+        "POST",
+        "/join",
+        &s.workspace_save(ws).unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    (relay, ws)
+}
+
+/// Dials the relay from `t`, sends `frames`, and returns what the relay sends until it closes.
+async fn session(relay: &Relay, t: &Transport, frames: Vec<Frame>) -> Vec<Frame> {
+    let conn = t
+        .dial(&relay.peer_addr(), Duration::from_secs(5))
+        .await
+        .unwrap();
+    let (mut r, mut w) = conn.split();
+    let send = async move {
+        for f in frames {
+            if w.send(&f).await.is_err() {
+                break;
+            }
+        }
+        w
+    };
+    let read = async {
+        let mut got = Vec::new();
+        while let Ok(Some(f)) = r.next().await {
+            got.push(f);
+        }
+        got
+    };
+    let (_w, got) = tokio::time::timeout(LIMIT, async { tokio::join!(send, read) })
+        .await
+        .expect("the relay closes the connection in time");
+    got
+}
+
+fn hello() -> Frame {
+    Frame::Hello {
+        version: PROTOCOL_VERSION,
+        have: vec![],
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_frames_floods_and_unknown_versions_close_the_connection_only() {
+    let (dir, home) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let secret = [9; 32];
+    let (relay, ws) = relay_with_member(dir.path(), home.path(), secret, |c| {
+        c.frames_per_sec = 5;
+        c.frame_burst = 20;
+    })
+    .await;
+    let m = relay.handle().metrics.clone();
+    let stored = |relay: &Relay| {
+        let h = relay.handle().clone();
+        async move { h.call(move |s| s.save(ws).unwrap().unwrap()).await.unwrap() }
+    };
+    let before = stored(&relay).await;
+    let t = Transport::bind(secret, LOOPBACK.parse().unwrap())
+        .await
+        .unwrap();
+
+    // An unknown protocol version: refused at the framing, before the engine sees it.
+    let got = session(
+        &relay,
+        &t,
+        vec![Frame::Hello {
+            version: 99,
+            have: vec![],
+        }],
+    )
+    .await;
+    assert!(got.is_empty(), "{got:?}");
+    assert_eq!(m.frames_refused.load(Ordering::Relaxed), 1);
+
+    // A member whose sync message is garbage: closed, the document untouched.
+    let garbage = Frame::Sync {
+        doc: ws,
+        data: vec![0x42, 0xff, 0x00, 0x13],
+    };
+    let got = session(&relay, &t, vec![hello(), garbage]).await;
+    assert!(
+        matches!(got.first(), Some(Frame::Hello { .. })),
+        "a member is greeted: {got:?}"
+    );
+
+    // A flood from one connection: closed once past the burst.
+    let flood: Vec<Frame> = std::iter::once(hello())
+        .chain((0..200).map(|_| Frame::Have { docs: vec![] }))
+        .collect();
+    session(&relay, &t, flood).await;
+    assert_eq!(m.rate_limited.load(Ordering::Relaxed), 1);
+
+    // Nothing was lost or corrupted, and the relay still serves.
+    assert_eq!(stored(&relay).await, before);
+    assert_eq!(
+        request(relay.http_addr(), "GET", "/readyz", b"").await.0,
+        200
+    );
+    let conn = t
+        .dial(&relay.peer_addr(), Duration::from_secs(5))
+        .await
+        .unwrap();
+    let (mut r, mut w) = conn.split();
+    w.send(&hello()).await.unwrap();
+    let first = tokio::time::timeout(LIMIT, r.next()).await.unwrap();
+    assert!(matches!(first, Ok(Some(Frame::Hello { .. }))), "{first:?}");
+    t.close().await;
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_device_is_offered_the_newest_buckets_first() {
+    let (dir, home) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let secret = [11; 32];
+    let (relay, _ws) = relay_with_member(dir.path(), home.path(), secret, |_| {}).await;
+    // Alice has three days of history; her node syncs it to the relay.
+    let db = home.path().join("flyt.db");
+    let day = 86_400_000;
+    let ch = {
+        let mut s = Store::open(&db).unwrap();
+        let ch = s.channels().unwrap()[0].id.parse().unwrap();
+        let now = peer::now_ms();
+        let items: Vec<(i64, String)> = (0..3)
+            .map(|d| (now - d * day, format!("day -{d}")))
+            .collect();
+        s.post_batch(ch, &items).unwrap();
+        ch
+    };
+    let alice = node(&db).await;
+    let keys: Vec<(String, DocId)> = alice.call(move |s| s.buckets(ch).unwrap()).await.unwrap();
+    assert_eq!(keys.len(), 3);
+    let want = keys.clone();
+    relay_until(&relay, "alice's three buckets", move |s| {
+        want.iter().all(|(_, b)| relay_messages(s, *b) == 1)
+    })
+    .await;
+    alice.shutdown().await;
+
+    // A member device that holds nothing says hello: the relay's Hello lists the workspace,
+    // the channel, then the buckets newest first, and syncs them in that order.
+    let t = Transport::bind(secret, LOOPBACK.parse().unwrap())
+        .await
+        .unwrap();
+    let conn = t
+        .dial(&relay.peer_addr(), Duration::from_secs(5))
+        .await
+        .unwrap();
+    let (mut r, mut w) = conn.split();
+    w.send(&hello()).await.unwrap();
+    let first = tokio::time::timeout(LIMIT, r.next())
+        .await
+        .unwrap()
+        .unwrap();
+    let Some(Frame::Hello { have, .. }) = first else {
+        panic!("expected Hello, got {first:?}")
+    };
+    let kinds: Vec<&str> = have
+        .iter()
+        .map(|r| match r {
+            peer::sync::protocol::DocRef::Workspace { .. } => "workspace",
+            peer::sync::protocol::DocRef::Channel { .. } => "channel",
+            _ => "bucket",
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        ["workspace", "channel", "bucket", "bucket", "bucket"]
+    );
+    let offered: Vec<String> = have
+        .iter()
+        .filter_map(|r| match r {
+            peer::sync::protocol::DocRef::Bucket { key, .. } => Some(key.clone()),
+            _ => None,
+        })
+        .collect();
+    let mut newest_first: Vec<String> = keys.into_iter().map(|(k, _)| k).collect();
+    newest_first.sort();
+    newest_first.reverse();
+    assert_eq!(offered, newest_first);
+    t.close().await;
+    relay.shutdown().await;
+}
