@@ -20,9 +20,11 @@ fn usage() -> ! {
     eprintln!(
         "usage: flyt-bench local [--messages N] [--sends N] [--keep DIR]\n\
          \x20      flyt-bench p2p [--messages N] [--live N]\n\
+         \x20      flyt-bench relay [--peers N] [--messages N]\n\
          \n  local   send / read / open / search on a 100k-message channel (SQLite, one process)\
          \n  p2p     live delivery between two nodes over iroh QUIC on 127.0.0.1, and a new device\
-         \n          joining a workspace whose channel holds 100k messages"
+         \n          joining a workspace whose channel holds 100k messages\
+         \n  relay   fan-out from one sender through a relay to N connected member nodes"
     );
     std::process::exit(2);
 }
@@ -33,6 +35,7 @@ fn main() -> Result<()> {
         Some("local") => local(&args[1..]),
         Some("open-cold") => open_cold(&args[1..]),
         Some("p2p") => p2p(&args[1..]),
+        Some("relay") => relay_bench(&args[1..]),
         _ => usage(),
     }
 }
@@ -238,11 +241,16 @@ fn file_size(p: &Path) -> u64 {
 }
 
 fn peak_rss_mb() -> f64 {
+    proc_status_mb("VmHWM:")
+}
+
+/// A memory figure of this process from `/proc/self/status` (e.g. `VmRSS:`), MB.
+fn proc_status_mb(field: &str) -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|kb| kb.parse::<f64>().ok())
         })
@@ -386,6 +394,186 @@ async fn p2p_run(total: usize, live: usize) -> Result<()> {
             "join_bytes_received": bytes,
             "peak_rss_mb_both_nodes": rss,
             "targets": { "live_p50_ms": 5, "live_p99_ms": 15, "join_newest_50_s": 1, "join_full_s": 10 },
+        })
+    );
+    Ok(())
+}
+
+fn relay_bench(args: &[String]) -> Result<()> {
+    let peers = flag(args, "--peers", 100)?;
+    let messages = flag(args, "--messages", 20)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(relay_run(peers, messages))
+}
+
+/// Fan-out through the relay: one sender, `n` members' nodes connected only to the relay (no
+/// direct links), `messages` posts one at a time; delivery = post until each node reports the
+/// change durable and projected.
+///
+/// How the peers are simulated, and what they cost: each is a real `peer::node::Node` (its own
+/// iroh endpoint, store thread and SQLite home, fsync per received change) in this one
+/// process, on the same 2 cores as the relay. Their homes are copies of the sender's home
+/// (after it admitted them), each with its own identity written in, so no join traffic is
+/// measured. The figures are therefore an upper bound of the relay's own cost.
+async fn relay_run(n: usize, messages: usize) -> Result<()> {
+    use peer::node::NodeEvent;
+    use std::time::Duration;
+    let dir = tempfile::tempdir()?;
+    let cfg = sync_relay::config::Config {
+        listen: "127.0.0.1:0".parse()?,
+        iroh_bind: "127.0.0.1:0".parse()?,
+        data_dir: dir.path().join("relay"),
+        max_connections: n + 16,
+        ..Default::default()
+    };
+    let relay =
+        sync_relay::runtime::Relay::start(cfg, sync_relay::runtime::Extensions::default()).await?;
+    let url = format!("http://{}", relay.http_addr());
+    let relay_addrs: Vec<String> = relay
+        .peer_addr()
+        .addrs
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+
+    let alice_db = bench_home(&dir.path().join("alice"), "alice")?;
+    let members: Vec<crdt_model::Identity> = (0..n)
+        .map(|i| {
+            crdt_model::Identity::from_secrets(peer::random(), peer::random(), format!("p{i}"))
+        })
+        .collect();
+    let (channel, bucket) = {
+        let mut s = Store::open(&alice_db)?;
+        let ws = s.create_workspace("bench")?;
+        let ch = s.create_channel("general", "", false)?;
+        s.post(ch, "hello", None, None)?;
+        for m in &members {
+            s.admit(
+                &m.device_cert("bench", peer::now_ms()),
+                crdt_model::Role::Member,
+            )?;
+        }
+        s.add_relay(&url, relay.peer_addr().id, relay_addrs)?;
+        relay
+            .handle()
+            .join(s.workspace_save(ws)?)
+            .await?
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let bucket = s.buckets(ch)?.pop().context("a bucket")?.1;
+        (ch, bucket)
+    };
+    // Closing the last connection checkpoints the WAL: the file is the whole home.
+    let mut dbs = Vec::with_capacity(n);
+    for (i, m) in members.iter().enumerate() {
+        let d = dir.path().join(format!("p{i}"));
+        std::fs::create_dir_all(&d)?;
+        let db = d.join("flyt.db");
+        std::fs::copy(&alice_db, &db)?;
+        let conn = rusqlite::Connection::open(&db)?;
+        let me = json!({
+            "person": hex::encode(m.person.to_bytes()),
+            "device": hex::encode(m.device.to_bytes()),
+            "name": m.name,
+        });
+        conn.execute(
+            "UPDATE meta SET value = ?1 WHERE key = 'identity'",
+            [me.to_string()],
+        )?;
+        dbs.push(db);
+    }
+    eprintln!("{n} member homes ready");
+
+    let alice = start_node(&alice_db).await?;
+    let rss_before = proc_status_mb("VmRSS:");
+    let mut nodes = Vec::with_capacity(n);
+    let (arrive_tx, mut arrivals) = tokio::sync::mpsc::unbounded_channel::<Instant>();
+    for db in &dbs {
+        let node = start_node(db).await?;
+        let mut events = node.subscribe();
+        let tx = arrive_tx.clone();
+        tokio::spawn(async move {
+            loop {
+                match events.recv().await {
+                    Ok(NodeEvent::Changed(doc)) if doc == bucket => {
+                        if tx.send(Instant::now()).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(_) => return,
+                }
+            }
+        });
+        nodes.push(node);
+    }
+    let connected = Instant::now() + Duration::from_secs(300);
+    let metrics = relay.handle().metrics.clone();
+    while metrics
+        .connections
+        .load(std::sync::atomic::Ordering::Relaxed)
+        < (n + 1) as u64
+    {
+        if Instant::now() > connected {
+            bail!("not every node connected to the relay in time");
+        }
+        let mut ev = relay.handle().subscribe();
+        let _ = tokio::time::timeout(Duration::from_secs(1), ev.recv()).await;
+    }
+    // Let the connect-time sync settle (it changes nothing: the homes are identical).
+    let settle = Instant::now();
+    while tokio::time::timeout(Duration::from_millis(500), arrivals.recv())
+        .await
+        .is_ok()
+    {}
+    let rss_after = proc_status_mb("VmRSS:");
+    eprintln!(
+        "{n} nodes connected to the relay; settled in {:.1} s",
+        settle.elapsed().as_secs_f64()
+    );
+
+    let mut lat_ms = Vec::with_capacity(n * messages);
+    for i in 0..messages {
+        let t0 = Instant::now();
+        alice
+            .call(move |s| s.post(channel, &format!("fan-out {i}"), None, None))
+            .await??;
+        for _ in 0..n {
+            match tokio::time::timeout(Duration::from_secs(60), arrivals.recv()).await {
+                Ok(Some(at)) => lat_ms.push(millis(at.duration_since(t0))),
+                _ => bail!("message {i} did not reach every node within 60 s"),
+            }
+        }
+    }
+    let lat = summarize(&lat_ms);
+    for node in nodes {
+        node.shutdown().await;
+    }
+    alice.shutdown().await;
+    relay.shutdown().await;
+
+    println!(
+        "{:<44} {:>10} {:>10} {:>10}",
+        "measurement", "p50", "p99", "max"
+    );
+    row(&format!("relay fan-out to {n} nodes"), "ms", &lat);
+    let per_peer_kb = (rss_after - rss_before) * 1024.0 / n as f64;
+    println!(
+        "resident memory per connected node (relay connection + the simulated node itself): {per_peer_kb:.0} KB"
+    );
+    let stat = |s: &Summary| json!({ "p50": s.p50, "p99": s.p99, "max": s.max, "n": s.n });
+    println!(
+        "{}",
+        json!({
+            "bench": "relay",
+            "peers": n,
+            "messages": messages,
+            "fanout_delivery_ms": stat(&lat),
+            "rss_kb_per_connected_node_upper_bound": per_peer_kb,
+            "simulated_peers": "real peer::node::Node each (own iroh endpoint, store thread, SQLite home, fsync per change) in the bench process, sharing the 2 cores with the relay",
+            "targets": { "fanout_p99_ms_at_1000": 100 },
         })
     );
     Ok(())
