@@ -5,7 +5,7 @@ import { AddWorkspace, CreateChannel, InviteDialog, MembersDialog, NewDm, Settin
 import { Onboarding } from "./components/Onboarding";
 import { SearchDialog } from "./components/Search";
 import { Sidebar, WorkspaceRail } from "./components/Sidebar";
-import { boot, refreshStatus, startEvents, update, useChat } from "./store";
+import { boot, closeThread, getState, refreshStatus, startEvents, update, useChat } from "./store";
 
 export function App() {
   const s = useChat();
@@ -25,6 +25,8 @@ export function App() {
       if ((e.ctrlKey || e.metaKey) && e.key.toLowerCase() === "k") {
         e.preventDefault();
         update({ dialog: "search" });
+      } else if (e.key === "Escape" && !e.defaultPrevented && getState().dialog === null && !getState().editing) {
+        closeThread();
       }
     };
     window.addEventListener("keydown", k);

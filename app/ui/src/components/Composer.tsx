@@ -78,6 +78,7 @@ export function Composer(p: Props) {
         return;
       }
       if (e.key === "Escape") {
+        e.preventDefault();
         setMq(null);
         return;
       }
