@@ -343,7 +343,17 @@ fn run(cli: Cli, out: &mut output::Out) -> Result<()> {
         }
         Command::Relay(RelayCmd::Remove { url }) => {
             store.identity()?;
-            store.remove_relay(&url)?;
+            let removed = store
+                .relays()?
+                .into_iter()
+                .find(|(id, l)| l.url == url.trim_end_matches('/') || id.to_string() == url);
+            let ws = store.remove_relay(&url)?;
+            // Members' nodes stop talking to the relay at once, so tell it directly.
+            if let Some((_, l)) = removed {
+                relay::join(&l.url, &store.workspace_save(ws)?).with_context(|| {
+                    format!("removed here, but {} was not told and still serves the workspace; run this again when it is reachable", l.url)
+                })?;
+            }
             out.relays(&store.relays()?)?;
         }
         Command::Serve { bind } => {

@@ -295,8 +295,8 @@ impl RelayStore {
             .is_some()
     }
 
-    /// Takes a workspace document (a member's `Automerge::save`) after checking it lists this
-    /// relay: new to the relay, it is stored; otherwise merged. Returns the workspace id and
+    /// Takes a workspace document (a member's `Automerge::save`): new to the relay, it is
+    /// stored if it lists this relay; one the relay holds is merged (a removal arrives so). Returns the workspace id and
     /// what changed; run [`Event::PolicyChanged`] next so connected members see it.
     pub fn join(&mut self, bytes: &[u8]) -> Result<(DocId, Option<DocChange>), JoinError> {
         if bytes.len() > MAX_FRAME {
@@ -308,8 +308,10 @@ impl RelayStore {
         })
         .map_err(|_| JoinError::NotAWorkspace)?;
         let ws = workspace::id_of(&offered).ok_or(JoinError::NotAWorkspace)?;
+        // A workspace the relay holds is merged whatever the offered copy says: that is how a
+        // removal (`flyt relay remove`) reaches it. A new one must list this relay.
         let view = workspace::view(&offered, ws);
-        if !view.relays.contains_key(&self.me) {
+        if !self.metas.contains_key(&ws) && !view.relays.contains_key(&self.me) {
             return Err(JoinError::NotAdded(ws));
         }
         if !self.allowed.is_empty() && !self.allowed.contains(&ws) {

@@ -336,6 +336,25 @@ async fn session(relay: &Relay, t: &Transport, frames: Vec<Frame>) -> Vec<Frame>
     got
 }
 
+/// Dials the relay from `t` and says hello; returns the connection and the first answer.
+async fn greet(
+    relay: &Relay,
+    t: &Transport,
+) -> (
+    peer::net::FrameReader,
+    peer::net::FrameWriter,
+    Result<Option<Frame>, peer::net::NetError>,
+) {
+    let conn = t
+        .dial(&relay.peer_addr(), Duration::from_secs(5))
+        .await
+        .unwrap();
+    let (mut r, mut w) = conn.split();
+    w.send(&hello()).await.unwrap();
+    let first = tokio::time::timeout(LIMIT, r.next()).await.unwrap();
+    (r, w, first)
+}
+
 fn hello() -> Frame {
     Frame::Hello {
         version: PROTOCOL_VERSION,
@@ -399,13 +418,7 @@ async fn bad_frames_floods_and_unknown_versions_close_the_connection_only() {
         request(relay.http_addr(), "GET", "/readyz", b"").await.0,
         200
     );
-    let conn = t
-        .dial(&relay.peer_addr(), Duration::from_secs(5))
-        .await
-        .unwrap();
-    let (mut r, mut w) = conn.split();
-    w.send(&hello()).await.unwrap();
-    let first = tokio::time::timeout(LIMIT, r.next()).await.unwrap();
+    let (_r, _w, first) = greet(&relay, &t).await;
     assert!(matches!(first, Ok(Some(Frame::Hello { .. }))), "{first:?}");
     t.close().await;
     relay.shutdown().await;
@@ -444,16 +457,8 @@ async fn a_new_device_is_offered_the_newest_buckets_first() {
     let t = Transport::bind(secret, LOOPBACK.parse().unwrap())
         .await
         .unwrap();
-    let conn = t
-        .dial(&relay.peer_addr(), Duration::from_secs(5))
-        .await
-        .unwrap();
-    let (mut r, mut w) = conn.split();
-    w.send(&hello()).await.unwrap();
-    let first = tokio::time::timeout(LIMIT, r.next())
-        .await
-        .unwrap()
-        .unwrap();
+    let (_r, _w, first) = greet(&relay, &t).await;
+    let first = first.unwrap();
     let Some(Frame::Hello { have, .. }) = first else {
         panic!("expected Hello, got {first:?}")
     };
@@ -480,6 +485,37 @@ async fn a_new_device_is_offered_the_newest_buckets_first() {
     newest_first.sort();
     newest_first.reverse();
     assert_eq!(offered, newest_first);
+    t.close().await;
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_relay_stops_serving_at_once() {
+    let (dir, home) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let secret = [13; 32];
+    let (relay, ws) = relay_with_member(dir.path(), home.path(), secret, |_| {}).await;
+    let t = Transport::bind(secret, LOOPBACK.parse().unwrap())
+        .await
+        .unwrap();
+    let (mut r, _w, first) = greet(&relay, &t).await;
+    assert!(matches!(first, Ok(Some(Frame::Hello { .. }))), "{first:?}");
+
+    // The owner removes the relay and hands it the workspace (what `flyt relay remove` does).
+    let bytes = {
+        let mut s = Store::open(&home.path().join("flyt.db")).unwrap();
+        s.remove_relay(&format!("http://{}", relay.http_addr()))
+            .unwrap();
+        assert!(s.relays().unwrap().is_empty());
+        s.workspace_save(ws).unwrap()
+    };
+    let (status, _) = request(relay.http_addr(), "POST", "/join", &bytes).await;
+    assert_eq!(status, 200);
+    // The member's session ends, and a new one gets nothing.
+    let rest =
+        tokio::time::timeout(LIMIT, async { while let Ok(Some(_)) = r.next().await {} }).await;
+    assert!(rest.is_ok(), "the session was not ended");
+    assert!(session(&relay, &t, vec![hello()]).await.is_empty());
+    assert_eq!(relay.handle().metrics.workspaces.load(Ordering::Relaxed), 0);
     t.close().await;
     relay.shutdown().await;
 }
