@@ -199,10 +199,10 @@ function Relays() {
         ))}
         {relays?.length === 0 && <li className="muted">No relays: peers sync directly.</li>}
       </ul>
-      <form className="inline" onSubmit={(e) => { e.preventDefault(); void add(); }}>
+      {relays !== null && <form className="inline" onSubmit={(e) => { e.preventDefault(); void add(); }}>
         <input value={url} onChange={(e) => setUrl(e.target.value)} placeholder="https://relay.example.com" aria-label="Relay URL" />
         <button disabled={!url.trim()}>Add relay</button>
-      </form>
+      </form>}
       {error && <div className="form-error" role="alert">{error}</div>}
     </section>
   );
@@ -226,7 +226,7 @@ function Devices({ s }: { s: State }) {
         <li>This device <code>{s.me?.device?.slice(0, 16)}</code></li>
         {devices?.map((d) => <li key={label(d)}><code>{label(d)}</code></li>)}
       </ul>
-      {error && <div className="muted">{error}</div>}
+      {error && <p className="muted">{error}</p>}
     </section>
   );
 }

@@ -46,7 +46,8 @@ export function MessageList(p: Props) {
     initialOffset: () => {
       let total = 0;
       for (let i = 0; i < count; i++) total += estimate(i);
-      return total;
+      // The list's own height is not known before it mounts; the window's bounds it.
+      return Math.max(0, total - window.innerHeight);
     },
     // Rows measured taller than estimated must not push the newest message off screen.
     onChange: (inst) => {
