@@ -7,6 +7,7 @@
 mod net;
 mod output;
 mod relay;
+mod ui;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -108,6 +109,15 @@ enum Command {
         /// UDP address to listen on.
         #[arg(long, default_value = "0.0.0.0:0")]
         bind: std::net::SocketAddr,
+        /// Also serve the desktop app's UI to a browser on this loopback address (e.g.
+        /// 127.0.0.1:8080; port 0 picks one) and print the link to open, token included.
+        /// Works on a fresh home: the page onboards you.
+        #[arg(long, value_name = "ADDR")]
+        ui: Option<std::net::SocketAddr>,
+        /// The built UI to serve with --ui [default: app/ui/dist of the checkout flyt was
+        /// built from]
+        #[arg(long, env = "FLYT_UI_DIR", value_name = "DIR", requires = "ui")]
+        ui_dir: Option<PathBuf>,
     },
     /// Print an invite ticket for the current workspace (needs `flyt serve` running).
     Invite {
@@ -356,7 +366,15 @@ fn run(cli: Cli, out: &mut output::Out) -> Result<()> {
             }
             out.relays(&store.relays()?)?;
         }
-        Command::Serve { bind } => {
+        Command::Serve {
+            bind,
+            ui: Some(ui),
+            ui_dir,
+        } => {
+            drop(store);
+            return net::serve_ui(&home, bind, ui, ui::ui_dir(ui_dir), out);
+        }
+        Command::Serve { bind, .. } => {
             store.identity()?;
             drop(store);
             return net::serve(&home, bind, out);

@@ -69,6 +69,25 @@ pub fn serve(home: &Path, bind: SocketAddr, out: &mut Out) -> Result<()> {
     })
 }
 
+/// `flyt serve --ui`: the node behind the app's API, and the UI over HTTP.
+pub fn serve_ui(
+    home: &Path,
+    bind: SocketAddr,
+    ui_addr: SocketAddr,
+    ui_dir: Result<std::path::PathBuf, String>,
+    out: &mut Out,
+) -> Result<()> {
+    crate::ui::check_loopback(ui_addr)?;
+    runtime()?.block_on(crate::ui::run(
+        &home.join("flyt.db"),
+        bind,
+        ui_addr,
+        ui_dir,
+        out,
+        stop_signal(),
+    ))
+}
+
 /// Waits until no node event has come for `quiet`, at most `max`.
 async fn settle(
     events: &mut tokio::sync::broadcast::Receiver<NodeEvent>,

@@ -219,6 +219,21 @@ impl Out {
         Ok(())
     }
 
+    /// The link `flyt serve --ui` serves the app at (the token is in the fragment).
+    pub fn ui_url(&mut self, url: &str) -> Result<()> {
+        if self.json {
+            return self.line(&json!({ "type": "ui", "url": url }));
+        }
+        writeln!(
+            self.out,
+            "Flyt is open at (this link holds its access token; keep it to yourself):"
+        )?;
+        writeln!(self.out, "{url}")?;
+        writeln!(self.out, "Ctrl-C stops.")?;
+        self.out.flush()?;
+        Ok(())
+    }
+
     pub fn peer_event(&mut self, what: &str, peer: &str) -> Result<()> {
         if self.json {
             return self.line(&json!({ "type": "peer", "event": what, "device": peer }));

@@ -17,6 +17,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
+mod ui;
+
 const FLYT: &str = env!("CARGO_BIN_EXE_flyt");
 
 /// Well-formed (it parses as a message id) but no such message exists.
