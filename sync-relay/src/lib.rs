@@ -33,11 +33,14 @@
 //!   it ends the session (its sync states are saved).
 #![deny(missing_docs)]
 
+pub mod api;
+pub mod archive;
 pub mod config;
 pub mod http;
 pub mod metrics;
 pub mod runtime;
 pub mod store;
+pub mod ws;
 
 use std::future::Future;
 use std::pin::Pin;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use sync_relay::config::{Config, Overrides};
-use sync_relay::runtime::{Extensions, Relay};
+use sync_relay::runtime::Relay;
 use tracing_subscriber::EnvFilter;
 
 /// The self-hosted Flyt relay: store-and-forward sync for the workspaces that add it.
@@ -42,7 +42,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let config = Config::load(cli.config.as_deref(), &cli.overrides)?;
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     rt.block_on(async move {
-        let relay = Relay::start(config, Extensions::default())
+        let (_, ext) = sync_relay::archive::extensions(&config)
+            .await
+            .context("opening the archive")?;
+        let relay = Relay::start(config, ext)
             .await
             .context("starting the relay")?;
         stop_signal().await;

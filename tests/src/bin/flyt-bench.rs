@@ -3,7 +3,7 @@
 //! `cargo run --release --bin flyt-bench -- local` builds a 100,000-message channel in a fresh
 //! home and measures the local paths: send (backend), read the newest 50 (warm, and cold in a
 //! new process), full-text search, and sizes. It prints a table, then one JSON object as its
-//! last line.
+//! last line. `archive` measures the relay's archive into Postgres (throughput and lag).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -24,7 +24,9 @@ fn usage() -> ! {
          \n  local   send / read / open / search on a 100k-message channel (SQLite, one process)\
          \n  p2p     live delivery between two nodes over iroh QUIC on 127.0.0.1, and a new device\
          \n          joining a workspace whose channel holds 100k messages\
-         \n  relay   fan-out from one sender through a relay to N connected member nodes"
+         \n  relay   fan-out from one sender through a relay to N connected member nodes\
+         \n  archive the relay's archive at a steady N messages/s (default 1,000) into Postgres\
+         \n          (default: a throwaway database on postgres://postgres@127.0.0.1:5432)"
     );
     std::process::exit(2);
 }
@@ -36,6 +38,7 @@ fn main() -> Result<()> {
         Some("open-cold") => open_cold(&args[1..]),
         Some("p2p") => p2p(&args[1..]),
         Some("relay") => relay_bench(&args[1..]),
+        Some("archive") => archive_bench(&args[1..]),
         _ => usage(),
     }
 }
@@ -577,4 +580,182 @@ async fn relay_run(n: usize, messages: usize) -> Result<()> {
         })
     );
     Ok(())
+}
+
+/// Signed posts as a relay would receive them: one document chunk per message, 1,000 messages
+/// to a bucket (one day each), in one workspace with one channel.
+fn archive_records(total: usize) -> Result<Vec<sync_relay::archive::Record>> {
+    use automerge::Automerge;
+    use crdt_model::bucket::{self, NewPost};
+    use crdt_model::channel::BucketKey;
+    use crdt_model::{Identity, MessageId, device_actor, workspace};
+    use sync_relay::archive::{DocKind, DocMeta, Record};
+
+    let me = Identity::from_secrets([1; 32], [2; 32], "bench");
+    let mut ws_doc = Automerge::new().with_actor(device_actor(&me.device_id()));
+    let start = (peer::now_ms() / DAY_MS - total.div_ceil(1_000) as i64) * DAY_MS;
+    let ws = workspace::create(&mut ws_doc, &me, "bench", [0; 16], start)?;
+    let channel = crdt_model::DocId([7; 16]);
+    workspace::put_channel(
+        &mut ws_doc,
+        &me,
+        crdt_model::signed::ChannelInfo {
+            workspace: ws,
+            channel,
+            name: "general".into(),
+            topic: String::new(),
+            private: false,
+            at_ms: start,
+        },
+    )?;
+    let ws_meta = DocMeta {
+        id: ws,
+        kind: DocKind::Workspace,
+        workspace: ws,
+        channel: None,
+        bucket_key: None,
+    };
+    let mut out = vec![Record::chunk(ws_meta, &ws_doc, &[])];
+    let mut rng = Rng::new(7);
+    let mut bucket_doc = Automerge::new();
+    let mut meta = None;
+    for i in 0..total {
+        if i % 1_000 == 0 {
+            let key = BucketKey::day_of(start + (i / 1_000) as i64 * DAY_MS);
+            bucket_doc = bucket::init(channel, key)?;
+            bucket_doc.set_actor(device_actor(&me.device_id()));
+            let m = DocMeta {
+                id: bucket::bucket_id(channel, key),
+                kind: DocKind::Bucket,
+                workspace: ws,
+                channel: Some(channel),
+                bucket_key: Some(key.to_string()),
+            };
+            out.push(Record::chunk(m.clone(), &bucket_doc, &[]));
+            meta = Some(m);
+        }
+        let before = bucket_doc.get_heads();
+        let ts = start + (i / 1_000) as i64 * DAY_MS + (i % 1_000) as i64 * 60_000;
+        let mut random = [0u8; 10];
+        random[..8].copy_from_slice(&rng.next_u64().to_be_bytes());
+        bucket::post(
+            &mut bucket_doc,
+            &me,
+            NewPost {
+                channel,
+                id: MessageId::new(ts, random),
+                ts_ms: ts,
+                text: chat_line(&mut rng),
+                mentions: vec![],
+                reply_to: None,
+                thread_root: None,
+            },
+        )?;
+        out.push(Record::chunk(
+            meta.clone().expect("set at i = 0"),
+            &bucket_doc,
+            &before,
+        ));
+    }
+    Ok(out)
+}
+
+/// `flyt-bench archive`: messages submitted to the archive at a steady rate (as the relay's
+/// sync engine hands them over), written to Postgres in batches. Lag is the time from a
+/// message's submission to the commit of the transaction that archived it.
+fn archive_bench(args: &[String]) -> Result<()> {
+    use sync_relay::archive::{Archive, ArchiveConfig};
+    let total = flag(args, "--messages", 10_000)?;
+    let rate = flag(args, "--rate", 1_000)?.max(1);
+    let url = args
+        .iter()
+        .position(|a| a == "--database-url")
+        .and_then(|i| args.get(i + 1))
+        .cloned();
+    let t = Instant::now();
+    let records = archive_records(total)?;
+    eprintln!(
+        "prepared {total} signed messages in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async move {
+        let (url, throwaway) = match url {
+            Some(u) => (u, None),
+            None => {
+                let name = format!("flyt_bench_{}", std::process::id());
+                let base = "postgres://postgres@127.0.0.1:5432";
+                let (c, conn) = tokio_postgres::connect(&format!("{base}/postgres"), tokio_postgres::NoTls)
+                    .await
+                    .context("connecting to Postgres at 127.0.0.1:5432 (or pass --database-url)")?;
+                tokio::spawn(conn);
+                c.batch_execute(&format!("CREATE DATABASE {name}")).await?;
+                (format!("{base}/{name}"), Some((c, name)))
+            }
+        };
+        let dir = tempfile::tempdir()?;
+        let archive = Archive::open(&ArchiveConfig {
+            database_url: Some(url),
+            data_dir: dir.path().into(),
+        })
+        .await?;
+        let mut commits = archive.commits();
+        let collector = tokio::spawn(async move {
+            let mut lags = Vec::new();
+            let mut batches = 0usize;
+            while let Ok(c) = commits.recv().await {
+                batches += 1;
+                lags.extend(c.submitted.iter().map(|s| millis(c.at - *s)));
+            }
+            (lags, batches)
+        });
+        let interval = std::time::Duration::from_secs_f64(1.0 / rate as f64);
+        let start = tokio::time::Instant::now();
+        let mut max_depth = 0;
+        for (i, r) in records.into_iter().enumerate() {
+            tokio::time::sleep_until(start + interval * i as u32).await;
+            archive.submit([r]);
+            if i % 100 == 0 {
+                max_depth = max_depth.max(archive.status().queue_depth);
+            }
+        }
+        let submitted_s = start.elapsed().as_secs_f64();
+        if !archive.caught_up(std::time::Duration::from_secs(120)).await {
+            bail!("the archive did not catch up within 120 s: {:?}", archive.status());
+        }
+        let elapsed_s = start.elapsed().as_secs_f64();
+        let status = archive.status();
+        archive.close(std::time::Duration::from_secs(5)).await;
+        let (lags, batches) = collector.await?;
+        if let Some((c, name)) = throwaway {
+            c.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .await?;
+        }
+        let lag = summarize(&lags);
+        println!(
+            "{:<40} {:>10} {:>10} {:>10}",
+            "measurement", "p50", "p99", "max"
+        );
+        row("archive lag (submit -> commit)", "ms", &lag);
+        let throughput = status.messages_archived as f64 / elapsed_s;
+        println!(
+            "archived {} messages in {elapsed_s:.2} s ({throughput:.0}/s, offered {rate}/s for {submitted_s:.2} s) in {batches} transactions; deepest queue {max_depth}",
+            status.messages_archived
+        );
+        println!(
+            "{}",
+            json!({
+                "bench": "archive",
+                "messages": total,
+                "offered_rate": rate,
+                "archived": status.messages_archived,
+                "throughput_per_s": throughput.round(),
+                "transactions": batches,
+                "lag_ms": { "p50": lag.p50, "p99": lag.p99, "max": lag.max },
+                "max_queue_depth": max_depth,
+                "target_lag_ms": 1000,
+            })
+        );
+        Ok(())
+    })
 }

@@ -1,0 +1,574 @@
+//! Archive tests: the same checks against the embedded SQLite archive and a real Postgres, the
+//! schema guard, and a Postgres that dies mid-stream and comes back.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use automerge::Automerge;
+use crdt_model::bucket::{self, NewPost};
+use crdt_model::channel::BucketKey;
+use crdt_model::signed::ChannelInfo;
+use crdt_model::workspace::{self, WorkspaceView};
+use crdt_model::{DeviceId, DocId, Identity, MessageId, Role, device_actor};
+
+use super::test_pg::{PgCluster, TestDb};
+use super::*;
+
+const DAY_MS: i64 = 1_795_000_000_000;
+
+/// A workspace (alice owns it, bob is a member), one channel, one bucket, and the records that
+/// archive them as the relay would produce them, change by change.
+pub(crate) struct Fixture {
+    pub people: Vec<Identity>,
+    pub ws: DocId,
+    pub ws_doc: Automerge,
+    pub channel: DocId,
+    pub bucket: Automerge,
+    pub bucket_meta: DocMeta,
+    pub view: WorkspaceView,
+    pub records: Vec<Record>,
+    pub ids: Vec<MessageId>,
+}
+
+impl Fixture {
+    pub fn new() -> Fixture {
+        let people = vec![
+            Identity::from_secrets([1; 32], [101; 32], "alice"),
+            Identity::from_secrets([2; 32], [102; 32], "bob"),
+        ];
+        let alice = &people[0];
+        let mut ws_doc = Automerge::new().with_actor(device_actor(&alice.device_id()));
+        let ws = workspace::create(&mut ws_doc, alice, "acme", [3; 16], DAY_MS).unwrap();
+        workspace::put_device(
+            &mut ws_doc,
+            &people[1].device_cert("laptop", DAY_MS),
+            DAY_MS,
+        )
+        .unwrap();
+        workspace::set_role(
+            &mut ws_doc,
+            alice,
+            ws,
+            people[1].person_id(),
+            Role::Member,
+            DAY_MS,
+        )
+        .unwrap();
+        let channel = DocId([7; 16]);
+        workspace::put_channel(
+            &mut ws_doc,
+            alice,
+            ChannelInfo {
+                workspace: ws,
+                channel,
+                name: "general".into(),
+                topic: String::new(),
+                private: false,
+                at_ms: DAY_MS,
+            },
+        )
+        .unwrap();
+        let view = workspace::view(&ws_doc, ws);
+        let ws_meta = DocMeta {
+            id: ws,
+            kind: DocKind::Workspace,
+            workspace: ws,
+            channel: None,
+            bucket_key: None,
+        };
+        let mut records = vec![Record::chunk(ws_meta, &ws_doc, &[])];
+        let key = BucketKey::day_of(DAY_MS);
+        let bucket_id = bucket::bucket_id(channel, key);
+        let mut bucket = bucket::init(channel, key).unwrap();
+        bucket.set_actor(device_actor(&alice.device_id()));
+        let bucket_meta = DocMeta {
+            id: bucket_id,
+            kind: DocKind::Bucket,
+            workspace: ws,
+            channel: Some(channel),
+            bucket_key: Some(key.to_string()),
+        };
+        records.push(Record::chunk(bucket_meta.clone(), &bucket, &[]));
+        Fixture {
+            people,
+            ws,
+            ws_doc,
+            channel,
+            bucket,
+            bucket_meta,
+            view,
+            records,
+            ids: Vec::new(),
+        }
+    }
+
+    /// Posts as `who` (an index into `people`, or any identity) and records the change.
+    pub fn post_as(&mut self, who: &Identity, n: usize, text: &str) -> MessageId {
+        let before = self.bucket.get_heads();
+        let ts = DAY_MS + n as i64;
+        let id = MessageId::new(ts, [(n % 251) as u8; 10]);
+        self.bucket.set_actor(device_actor(&who.device_id()));
+        bucket::post(
+            &mut self.bucket,
+            who,
+            NewPost {
+                channel: self.channel,
+                id,
+                ts_ms: ts,
+                text: text.into(),
+                mentions: vec![],
+                reply_to: None,
+                thread_root: None,
+            },
+        )
+        .unwrap();
+        self.changed(&before);
+        self.ids.push(id);
+        id
+    }
+
+    pub fn post(&mut self, who: usize, n: usize, text: &str) -> MessageId {
+        let who = self.people[who].clone();
+        self.post_as(&who, n, text)
+    }
+
+    /// Records what the bucket gained since `before`.
+    pub fn changed(&mut self, before: &[automerge::ChangeHash]) {
+        self.records.push(Record::chunk(
+            self.bucket_meta.clone(),
+            &self.bucket,
+            before,
+        ));
+    }
+
+    pub fn take_records(&mut self) -> Vec<Record> {
+        std::mem::take(&mut self.records)
+    }
+}
+
+/// What both backends must do: project verified messages, page, search, resolve roles, keep the
+/// document and sync states.
+async fn exercise(archive: &Archive) {
+    let mut f = Fixture::new();
+    let a = f.post(0, 1, "hello world");
+    let b = f.post(1, 2, "hello from bob");
+    let c = f.post(0, 3, "lunch at noon?");
+    // Edit and delete, as the authors.
+    let before = f.bucket.get_heads();
+    f.bucket.set_actor(device_actor(&f.people[0].device_id()));
+    bucket::edit(
+        &mut f.bucket,
+        &f.people[0],
+        c,
+        "lunch at one?".into(),
+        vec![],
+        DAY_MS + 10,
+    )
+    .unwrap();
+    f.changed(&before);
+    let before = f.bucket.get_heads();
+    f.bucket.set_actor(device_actor(&f.people[1].device_id()));
+    bucket::delete(&mut f.bucket, &f.people[1], &f.view, b, DAY_MS + 11).unwrap();
+    f.changed(&before);
+    // A device nobody certified signs a post claiming to be... itself: not authentic.
+    let mallory = Identity::from_secrets([9; 32], [109; 32], "mallory");
+    let m = f.post_as(&mallory, 4, "hello, I am the admin");
+    let peer = DeviceId([5; 32]);
+    let mut records = f.take_records();
+    records.push(Record::SyncState {
+        peer,
+        doc: f.bucket_meta.id,
+        state: vec![1, 2, 3],
+    });
+    records.push(Record::SyncState {
+        peer,
+        doc: f.bucket_meta.id,
+        state: vec![4, 5, 6],
+    });
+    archive.submit(records);
+    assert!(
+        archive.caught_up(Duration::from_secs(30)).await,
+        "{:?}",
+        archive.status()
+    );
+    let st = archive.status();
+    assert!(
+        st.up && st.queue_depth == 0 && st.lag_seconds == 0.0,
+        "{st:?}"
+    );
+    assert!(st.messages_archived >= 4, "{st:?}");
+    assert!(st.prometheus().contains("flyt_archive_queue_depth"));
+
+    // Newest first, paged.
+    let page = |before, limit| PageQuery {
+        workspace: f.ws,
+        channel: f.channel,
+        before,
+        limit,
+    };
+    let first = archive.messages(&page(None, 2)).await.unwrap();
+    let ids: Vec<&str> = first.iter().map(|m| m.id.as_str()).collect();
+    assert_eq!(ids, [m.to_string(), c.to_string()]);
+    assert!(
+        !first[0].verified,
+        "an uncertified device's post is never archived as authentic"
+    );
+    assert!(first[1].verified && first[1].edited && first[1].text == "lunch at one?");
+    let rest = archive.messages(&page(Some(c), 10)).await.unwrap();
+    let ids: Vec<&str> = rest.iter().map(|m| m.id.as_str()).collect();
+    assert_eq!(ids, [b.to_string(), a.to_string()]);
+    assert!(rest[0].deleted && rest[0].text.is_empty() && rest[0].verified);
+    assert_eq!(rest[1].author, f.people[0].person_id().to_string());
+    // Another channel or workspace: nothing.
+    let other = PageQuery {
+        channel: DocId([8; 16]),
+        ..page(None, 10)
+    };
+    assert!(archive.messages(&other).await.unwrap().is_empty());
+
+    // Full text: deleted messages are not found; edits are.
+    let hits = archive.search(f.ws, "hello", 10).await.unwrap();
+    let ids: BTreeSet<String> = hits.iter().map(|m| m.id.clone()).collect();
+    assert_eq!(ids, BTreeSet::from([a.to_string(), m.to_string()]));
+    assert_eq!(archive.search(f.ws, "one", 10).await.unwrap().len(), 1);
+    assert!(archive.search(f.ws, "noon", 10).await.unwrap().is_empty());
+    assert!(
+        archive
+            .search(DocId([9; 16]), "hello", 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(matches!(
+        archive.search(f.ws, "  ", 10).await,
+        Err(ArchiveError::EmptyQuery)
+    ));
+    // Query syntax is text, not an error.
+    archive
+        .search(f.ws, "\"' OR 1=1 -- & | !", 10)
+        .await
+        .unwrap();
+
+    // Roles come from the verified workspace view.
+    let role = |d| archive.device_role(f.ws, d);
+    assert_eq!(
+        role(f.people[0].device_id()).await.unwrap(),
+        Some(Role::Owner)
+    );
+    assert_eq!(
+        role(f.people[1].device_id()).await.unwrap(),
+        Some(Role::Member)
+    );
+    assert_eq!(role(mallory.device_id()).await.unwrap(), None);
+
+    // The documents themselves, and the newest sync state.
+    let bytes = archive.document(f.bucket_meta.id).await.unwrap().unwrap();
+    assert_eq!(
+        Automerge::load(&bytes).unwrap().get_heads(),
+        f.bucket.get_heads()
+    );
+    let bytes = archive.document(f.ws).await.unwrap().unwrap();
+    assert_eq!(
+        Automerge::load(&bytes).unwrap().get_heads(),
+        f.ws_doc.get_heads()
+    );
+    assert!(archive.document(DocId([0; 16])).await.unwrap().is_none());
+    assert_eq!(
+        archive.sync_state(peer, f.bucket_meta.id).await.unwrap(),
+        Some(vec![4, 5, 6])
+    );
+}
+
+/// An embedded archive in a fresh directory (keep the directory alive).
+pub(crate) async fn sqlite_archive() -> (Archive, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let archive = Archive::open(&ArchiveConfig {
+        database_url: None,
+        data_dir: dir.path().into(),
+    })
+    .await
+    .unwrap();
+    (archive, dir)
+}
+
+/// Opens and closes the archive twice (migrations are idempotent), then breaks its schema
+/// version with `bump` and expects the refusal.
+async fn refuses_a_newer_schema(config: &ArchiveConfig, bump: impl AsyncFnOnce()) -> ArchiveError {
+    for _ in 0..2 {
+        let a = Archive::open(config).await.unwrap();
+        assert!(a.close(Duration::from_secs(1)).await);
+    }
+    bump().await;
+    let err = Archive::open(config).await.unwrap_err();
+    assert!(matches!(err, ArchiveError::NewerSchema { found } if found == SCHEMA_VERSION + 1));
+    err
+}
+
+#[tokio::test]
+async fn sqlite_archive_projects_pages_and_searches() {
+    let (archive, _dir) = sqlite_archive().await;
+    assert_eq!(archive.status().backend, "sqlite");
+    archive.ready().await.unwrap();
+    exercise(&archive).await;
+    assert!(archive.close(Duration::from_secs(5)).await);
+}
+
+#[tokio::test]
+async fn postgres_archive_projects_pages_and_searches() {
+    let db = TestDb::create().await;
+    let archive = Archive::open(&ArchiveConfig {
+        database_url: Some(db.url()),
+        data_dir: "/nonexistent".into(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(archive.status().backend, "postgres");
+    archive.ready().await.unwrap();
+    exercise(&archive).await;
+    assert!(archive.close(Duration::from_secs(5)).await);
+}
+
+#[tokio::test]
+async fn a_newer_sqlite_schema_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = ArchiveConfig {
+        database_url: None,
+        data_dir: dir.path().into(),
+    };
+    let err = refuses_a_newer_schema(&config, async || {
+        rusqlite::Connection::open(dir.path().join("archive.sqlite"))
+            .unwrap()
+            .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
+    })
+    .await;
+    assert!(err.to_string().contains("upgrade the relay"), "{err}");
+}
+
+#[tokio::test]
+async fn a_newer_postgres_schema_is_refused() {
+    let db = TestDb::create().await;
+    let config = ArchiveConfig {
+        database_url: Some(db.url()),
+        data_dir: "/nonexistent".into(),
+    };
+    refuses_a_newer_schema(&config, async || {
+        db.execute("UPDATE archive_schema SET version = version + 1")
+            .await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_unreachable_database_is_a_clear_error_at_start() {
+    let port = super::test_pg::free_port();
+    let err = Archive::open(&ArchiveConfig {
+        database_url: Some(format!("postgres://postgres@127.0.0.1:{port}/x")),
+        data_dir: "/nonexistent".into(),
+    })
+    .await
+    .unwrap_err();
+    assert!(matches!(err, ArchiveError::Postgres(_)), "{err}");
+}
+
+/// Postgres dies in the middle of a stream of messages and comes back: submitting never
+/// blocks meanwhile, the archive reports itself down, and once Postgres is back every message
+/// is archived and the document is whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_going_away_loses_nothing() {
+    let mut pg = PgCluster::start();
+    let archive = Archive::open(&ArchiveConfig {
+        database_url: Some(pg.url()),
+        data_dir: "/nonexistent".into(),
+    })
+    .await
+    .unwrap();
+    let mut f = Fixture::new();
+    let mut status = archive.watch();
+    let mut n = 0;
+    let mut send = |f: &mut Fixture, count: usize| {
+        let mut slowest = Duration::ZERO;
+        for _ in 0..count {
+            n += 1;
+            f.post(n % 2, n, &format!("message number {n}"));
+            let t = Instant::now();
+            archive.submit(f.take_records());
+            slowest = slowest.max(t.elapsed());
+        }
+        slowest
+    };
+    send(&mut f, 100);
+    // Kill Postgres mid-stream (whatever batch is in flight fails or commits).
+    pg.kill();
+    let slowest = send(&mut f, 100);
+    tokio::time::timeout(Duration::from_secs(30), status.wait_for(|s| !s.up))
+        .await
+        .expect("the archive notices Postgres is gone")
+        .unwrap();
+    let slowest = slowest.max(send(&mut f, 100));
+    assert!(
+        slowest < Duration::from_millis(50),
+        "submit blocked for {slowest:?}"
+    );
+    let down = archive.status();
+    assert!(
+        !down.up && down.queue_depth > 0 && down.last_error.is_some(),
+        "{down:?}"
+    );
+    pg.restart();
+    assert!(
+        archive.caught_up(Duration::from_secs(60)).await,
+        "{:?}",
+        archive.status()
+    );
+    assert!(archive.status().up);
+    let all = archive
+        .messages(&PageQuery {
+            workspace: f.ws,
+            channel: f.channel,
+            before: None,
+            limit: MAX_PAGE,
+        })
+        .await
+        .unwrap();
+    assert_eq!(all.len(), MAX_PAGE);
+    let mut seen: BTreeSet<String> = all.iter().map(|m| m.id.clone()).collect();
+    let last = all.last().unwrap().id.parse().unwrap();
+    let older = archive
+        .messages(&PageQuery {
+            workspace: f.ws,
+            channel: f.channel,
+            before: Some(last),
+            limit: MAX_PAGE,
+        })
+        .await
+        .unwrap();
+    seen.extend(older.iter().map(|m| m.id.clone()));
+    let want: BTreeSet<String> = f.ids.iter().map(|i| i.to_string()).collect();
+    assert_eq!(seen, want, "every message is archived");
+    let bytes = archive.document(f.bucket_meta.id).await.unwrap().unwrap();
+    assert_eq!(
+        Automerge::load(&bytes).unwrap().get_heads(),
+        f.bucket.get_heads()
+    );
+    assert!(archive.close(Duration::from_secs(5)).await);
+}
+
+#[test]
+fn a_failed_batch_goes_back_in_front_and_newer_states_win() {
+    let mut pending = Batch::default();
+    let (doc, peer) = (DocId([1; 16]), DeviceId([2; 32]));
+    let t0 = Instant::now();
+    let f = Fixture::new();
+    let meta = f.bucket_meta.clone();
+    let chunk = |n: u8| Record::Chunk {
+        meta: meta.clone(),
+        data: vec![n],
+        heads: vec![],
+    };
+    pending.add(chunk(1), t0);
+    pending.add(
+        Record::SyncState {
+            peer,
+            doc,
+            state: vec![1],
+        },
+        t0,
+    );
+    let taken = pending.take();
+    assert!(pending.is_empty());
+    // While it was being written, newer state arrived.
+    let t1 = Instant::now();
+    pending.add(chunk(2), t1);
+    pending.add(
+        Record::SyncState {
+            peer,
+            doc,
+            state: vec![2],
+        },
+        t1,
+    );
+    pending.restore(taken);
+    let (state, at) = &pending.states[&(peer, doc)];
+    assert_eq!(
+        (state.as_slice(), *at),
+        (&[2u8][..], t0),
+        "newest state, oldest time"
+    );
+    let data: Vec<u8> = pending.chunks.iter().map(|(c, _)| c.data[0]).collect();
+    assert_eq!(
+        data,
+        [1, 2],
+        "chunks keep their order, the failed ones first"
+    );
+    assert_eq!(pending.submitted().min(), Some(t0));
+}
+
+#[test]
+fn batches_hold_at_most_the_chunk_limit() {
+    let f = Fixture::new();
+    let mut pending = Batch::default();
+    let now = Instant::now();
+    for n in 0..MAX_BATCH_CHUNKS + 10 {
+        pending.add(
+            Record::Chunk {
+                meta: f.bucket_meta.clone(),
+                data: vec![n as u8],
+                heads: vec![],
+            },
+            now,
+        );
+    }
+    let first = pending.take();
+    assert_eq!(first.chunks.len(), MAX_BATCH_CHUNKS);
+    assert_eq!(pending.chunks.len(), 10);
+    assert_eq!(pending.chunks[0].0.data, [MAX_BATCH_CHUNKS as u8]);
+}
+
+/// A post whose author's device certificate arrives after it: archived as not authentic first,
+/// verified once the workspace document with the certificate is archived.
+#[tokio::test]
+async fn a_certificate_arriving_later_verifies_archived_messages() {
+    let (archive, _dir) = sqlite_archive().await;
+    let mut f = Fixture::new();
+    let carol = Identity::from_secrets([3; 32], [103; 32], "carol");
+    let id = f.post_as(&carol, 1, "I was invited");
+    archive.submit(f.take_records());
+    assert!(archive.caught_up(Duration::from_secs(30)).await);
+    let page = PageQuery {
+        workspace: f.ws,
+        channel: f.channel,
+        before: None,
+        limit: 10,
+    };
+    let got = archive.messages(&page).await.unwrap();
+    assert_eq!(got[0].id, id.to_string());
+    assert!(!got[0].verified);
+    // Alice admits carol: her certificate and membership reach the relay after her post.
+    let before = f.ws_doc.get_heads();
+    workspace::put_device(&mut f.ws_doc, &carol.device_cert("phone", DAY_MS), DAY_MS).unwrap();
+    workspace::set_role(
+        &mut f.ws_doc,
+        &f.people[0],
+        f.ws,
+        carol.person_id(),
+        Role::Member,
+        DAY_MS,
+    )
+    .unwrap();
+    let meta = DocMeta {
+        id: f.ws,
+        kind: DocKind::Workspace,
+        workspace: f.ws,
+        channel: None,
+        bucket_key: None,
+    };
+    archive.submit([Record::chunk(meta, &f.ws_doc, &before)]);
+    assert!(archive.caught_up(Duration::from_secs(30)).await);
+    let got = archive.messages(&page).await.unwrap();
+    assert!(got[0].verified, "{got:?}");
+    assert_eq!(
+        archive.device_role(f.ws, carol.device_id()).await.unwrap(),
+        Some(Role::Member)
+    );
+}
