@@ -143,6 +143,18 @@ enum Command {
     },
     /// Show this home's node, peers and documents.
     Status,
+    /// Link another device of yours: `device link` here, `device join TICKET` there.
+    #[command(subcommand)]
+    Device(DeviceCmd),
+    /// Send a direct message to one person, or a group DM to several (comma-separated).
+    /// Read it with `flyt read @bob` (or `@bob,carol`).
+    Dm {
+        /// Display names or keys, e.g. `bob` or `bob,carol`.
+        #[arg(value_delimiter = ',', num_args = 1, required = true)]
+        names: Vec<String>,
+        /// Markdown text.
+        text: String,
+    },
     /// Search messages in the current workspace, newest first.
     Search {
         /// Words to find (the last one also matches as a prefix).
@@ -181,11 +193,61 @@ enum ChannelCmd {
         /// What the channel is about.
         #[arg(long, default_value = "")]
         topic: String,
-        /// Only invited members will see it.
+        /// Only its members will see it (you, and whoever `--members` or `channel add` names).
         #[arg(long)]
         private: bool,
+        /// Members of the private channel: display names or keys, comma-separated.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            requires = "private",
+            value_name = "NAMES"
+        )]
+        members: Vec<String>,
     },
-    /// List channels with unread counts.
+    /// List channels and DMs with unread counts.
+    List,
+    /// Add members to a private channel you are in.
+    Add {
+        /// The private channel.
+        channel: String,
+        /// Display names or keys.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Remove a member from a private channel you are in: their devices get nothing new of it.
+    Kick {
+        /// The private channel.
+        channel: String,
+        /// Display name or key.
+        name: String,
+    },
+    /// Who is in a private channel or DM.
+    Members {
+        /// The channel, or a DM as `@bob`.
+        channel: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DeviceCmd {
+    /// Print a single-use ticket that makes another home a device of yours (needs `flyt
+    /// serve` running here).
+    Link {
+        /// How long the ticket is valid: e.g. 10m, 1h.
+        #[arg(long, default_value = "10m", value_parser = parse_duration)]
+        expires: std::time::Duration,
+    },
+    /// On a fresh home (no `flyt init`): become a device of the person whose ticket this is,
+    /// and fetch all their workspaces.
+    Join {
+        /// The ticket (starts with flytdev1).
+        ticket: String,
+        /// UDP address to use.
+        #[arg(long, default_value = "0.0.0.0:0")]
+        bind: std::net::SocketAddr,
+    },
+    /// Your devices.
     List,
 }
 
@@ -309,9 +371,14 @@ fn run(cli: Cli, out: &mut output::Out) -> Result<()> {
             name,
             topic,
             private,
+            members,
         }) => {
             store.identity()?;
-            let id = store.create_channel(&name, &topic, private)?;
+            let id = if private {
+                store.create_private_channel(&name, &topic, &members)?
+            } else {
+                store.create_channel(&name, &topic, false)?
+            };
             let name = name.trim_start_matches('#').to_owned();
             out.created("channel", &format!("#{name}"), &id.to_string())?;
         }
@@ -319,6 +386,54 @@ fn run(cli: Cli, out: &mut output::Out) -> Result<()> {
             store.identity()?;
             let rows = store.channels()?;
             out.channels(&rows)?;
+        }
+        Command::Channel(ChannelCmd::Add { channel, names }) => {
+            store.identity()?;
+            let ch = store.find_channel(&channel)?;
+            store.channel_add(ch, &names)?;
+            out.members(&store.channel_members(ch)?)?;
+        }
+        Command::Channel(ChannelCmd::Kick { channel, name }) => {
+            store.identity()?;
+            let ch = store.find_channel(&channel)?;
+            store.channel_kick(ch, &name)?;
+            out.members(&store.channel_members(ch)?)?;
+        }
+        Command::Channel(ChannelCmd::Members { channel }) => {
+            store.identity()?;
+            let ch = store.find_channel(&channel)?;
+            out.members(&store.channel_members(ch)?)?;
+        }
+        Command::Device(DeviceCmd::Link { expires }) => {
+            store.identity()?;
+            let addrs = store.listen_addrs()?;
+            if addrs.is_empty() {
+                anyhow::bail!(
+                    "no node is running for this home: start `flyt serve` first, so the ticket says where to reach you"
+                );
+            }
+            let ticket = store.link_ticket(expires.as_millis() as i64, addrs)?;
+            out.ticket(&ticket)?;
+        }
+        Command::Device(DeviceCmd::Join { ticket, bind }) => {
+            if let Ok(me) = store.identity() {
+                anyhow::bail!(
+                    "this home already has an identity ({}): link a fresh home (--home DIR)",
+                    me.name
+                );
+            }
+            drop(store);
+            return net::device_join(&home, &ticket, bind, out);
+        }
+        Command::Device(DeviceCmd::List) => {
+            store.identity()?;
+            out.devices(&store.devices()?)?;
+        }
+        Command::Dm { names, text } => {
+            store.identity()?;
+            let ch = store.open_dm(&names)?;
+            let msg = store.post(ch, &text, None, None)?;
+            out.sent(&msg)?;
         }
         Command::Member(MemberCmd::List) => {
             store.identity()?;

@@ -108,6 +108,60 @@ async fn settle(
     }
 }
 
+/// Waits until workspace `ws` arrived through sync, then until the rest settles (its
+/// channels and the newest messages come next).
+async fn fetch(
+    _node: &Node,
+    events: &mut tokio::sync::broadcast::Receiver<NodeEvent>,
+    ws: DocId,
+) -> Result<()> {
+    let got_ws = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match events.recv().await {
+                Ok(NodeEvent::Changed(d)) if d == ws => return true,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return false,
+                _ => {}
+            }
+        }
+    })
+    .await
+    .unwrap_or(false);
+    if !got_ws {
+        anyhow::bail!(
+            "the other side accepted the ticket but the workspace did not arrive within 30 s"
+        );
+    }
+    settle(events, Duration::from_millis(500), Duration::from_secs(30)).await;
+    Ok(())
+}
+
+/// `flyt device join`: becomes a device of the ticket's person, then fetches every workspace.
+pub fn device_join(home: &Path, ticket: &str, bind: SocketAddr, out: &mut Out) -> Result<()> {
+    runtime()?.block_on(async {
+        let workspaces = peer::node::link_device(&home.join("flyt.db"), bind, ticket)
+            .await
+            .context("linking this device")?;
+        let node = start(home, bind).await?;
+        let mut events = node.subscribe();
+        for ws in workspaces.iter().copied() {
+            // A workspace may have arrived while waiting for another.
+            let have = node
+                .call(move |s| s.find_workspace(&ws.to_string()).is_ok())
+                .await?;
+            if !have && let Err(e) = fetch(&node, &mut events, ws).await {
+                node.shutdown().await;
+                return Err(e);
+            }
+        }
+        let name = node
+            .call(|s: &mut Store| s.identity().map(|i| i.name.clone()))
+            .await??;
+        node.shutdown().await;
+        out.linked(&name, workspaces.len())?;
+        Ok(())
+    })
+}
+
 pub fn join(home: &Path, ticket: &str, bind: SocketAddr, out: &mut Out) -> Result<()> {
     runtime()?.block_on(async {
         let node = start(home, bind).await?;
@@ -119,30 +173,10 @@ pub fn join(home: &Path, ticket: &str, bind: SocketAddr, out: &mut Out) -> Resul
                 return Err(e).context("joining");
             }
         };
-        // The workspace arrives first, then its channels and the newest messages.
-        let got_ws = tokio::time::timeout(Duration::from_secs(30), async {
-            loop {
-                match events.recv().await {
-                    Ok(NodeEvent::Changed(d)) if d == ws => return true,
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return false,
-                    _ => {}
-                }
-            }
-        })
-        .await
-        .unwrap_or(false);
-        if !got_ws {
+        if let Err(e) = fetch(&node, &mut events, ws).await {
             node.shutdown().await;
-            anyhow::bail!(
-                "the inviter accepted the ticket but the workspace did not arrive within 30 s"
-            );
+            return Err(e);
         }
-        settle(
-            &mut events,
-            Duration::from_millis(500),
-            Duration::from_secs(30),
-        )
-        .await;
         let summary = node
             .call(
                 move |s: &mut Store| -> Result<(String, usize), peer::StoreError> {

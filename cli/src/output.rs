@@ -142,7 +142,13 @@ impl Out {
             .collect();
         let uw = unread.iter().map(|u| u.chars().count()).max().unwrap_or(0);
         for (r, u) in rows.iter().zip(&unread) {
-            let name = format!("{}{}", if r.private { "🔒" } else { "#" }, r.name);
+            // DM names start with `@` already.
+            let mark = match (r.dm, r.private) {
+                (true, _) => "",
+                (false, true) => "🔒",
+                (false, false) => "#",
+            };
+            let name = format!("{mark}{}", r.name);
             let name = format!("{name:<w$}");
             let name = if r.unread > 0 {
                 self.paint("1", &name)
@@ -192,6 +198,29 @@ impl Out {
         for (id, l) in rows {
             writeln!(self.out, "{}  {}", l.url, self.paint("2", &id.to_string()))?;
         }
+        Ok(())
+    }
+
+    pub fn devices(&mut self, rows: &[peer::DeviceRow]) -> Result<()> {
+        if self.json {
+            return self.json(&rows);
+        }
+        for r in rows {
+            let this = if r.this { "  (this device)" } else { "" };
+            writeln!(self.out, "{}{this}", r.device)?;
+        }
+        Ok(())
+    }
+
+    pub fn linked(&mut self, name: &str, workspaces: usize) -> Result<()> {
+        if self.json {
+            return self.json(&json!({ "name": name, "workspaces": workspaces }));
+        }
+        writeln!(
+            self.out,
+            "This home is now a device of {name} ({workspaces} workspaces fetched)."
+        )?;
+        writeln!(self.out, "Run `flyt serve` to stay in sync.")?;
         Ok(())
     }
 

@@ -55,21 +55,38 @@ impl Identity {
 
     /// The certificate binding this device to the person, signed both ways.
     pub fn device_cert(&self, label: &str, at_ms: i64) -> Signed<DeviceCert> {
-        let device_sig = self
-            .device
-            .sign(&device_of_message(&self.person_id()))
-            .to_bytes()
-            .to_vec();
+        let device_sig = device_sig(&self.device.to_bytes(), &self.person_id());
+        self.certify(self.device_id(), device_sig, label, at_ms)
+    }
+
+    /// Certifies another device of this person, given that device's own signature over the
+    /// person key ([`device_sig`]). Check the result with [`device_cert_valid`].
+    pub fn certify(
+        &self,
+        device: DeviceId,
+        device_sig: Vec<u8>,
+        label: &str,
+        at_ms: i64,
+    ) -> Signed<DeviceCert> {
         Signed::sign(
             &self.person,
             DeviceCert {
-                device: self.device_id(),
+                device,
                 device_sig,
                 label: label.to_owned(),
                 at_ms,
             },
         )
     }
+}
+
+/// A device's signature saying "I am a device of `person`", the half of a [`DeviceCert`] the
+/// device itself contributes.
+pub fn device_sig(device_secret: &[u8; 32], person: &PersonId) -> Vec<u8> {
+    SigningKey::from_bytes(device_secret)
+        .sign(&device_of_message(person))
+        .to_bytes()
+        .to_vec()
 }
 
 /// Checks that a device certificate's device really signed over the certifying person.

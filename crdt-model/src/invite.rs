@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{DeviceId, DocId};
+use crate::ids::{DeviceId, DocId, PersonId};
 use crate::signed::{Record, Signed};
 use crate::{ModelError, Role};
 
@@ -40,23 +40,40 @@ impl Record for Invite {
 
 /// Encodes a signed invite as ticket text.
 pub fn encode(ticket: &Signed<Invite>) -> String {
-    format!("{PREFIX}{}", bs58::encode(ticket.to_bytes()).into_string())
+    encode_with(PREFIX, ticket)
+}
+
+fn encode_with<T: Record>(prefix: &str, ticket: &Signed<T>) -> String {
+    format!("{prefix}{}", bs58::encode(ticket.to_bytes()).into_string())
+}
+
+/// Decodes ticket text of the kind `prefix` names and checks its signature (not who signed).
+fn decode_with<T: Record>(
+    prefix: &str,
+    text: &str,
+    what: &'static str,
+) -> Result<Signed<T>, ModelError> {
+    let text = text.trim();
+    if text.len() > MAX_TICKET_CHARS {
+        return Err(ModelError::Malformed("ticket too long"));
+    }
+    let body = text
+        .strip_prefix(prefix)
+        .ok_or(ModelError::Malformed(what))?;
+    let bytes = bs58::decode(body)
+        .into_vec()
+        .map_err(|_| ModelError::Malformed("ticket is damaged (not base58)"))?;
+    Signed::<T>::decode(&bytes)
 }
 
 /// Decodes ticket text and checks its signature (by the inviter device it names) and, given the
 /// current time, its expiry. Whitespace around the ticket is ignored.
 pub fn decode(text: &str, now_ms: i64) -> Result<Signed<Invite>, ModelError> {
-    let text = text.trim();
-    if text.len() > MAX_TICKET_CHARS {
-        return Err(ModelError::Malformed("ticket too long"));
-    }
-    let body = text.strip_prefix(PREFIX).ok_or(ModelError::Malformed(
+    let signed: Signed<Invite> = decode_with(
+        PREFIX,
+        text,
         "not a Flyt invite ticket (it starts with flyt1)",
-    ))?;
-    let bytes = bs58::decode(body)
-        .into_vec()
-        .map_err(|_| ModelError::Malformed("ticket is damaged (not base58)"))?;
-    let signed = Signed::<Invite>::decode(&bytes)?;
+    )?;
     if signed.signer != signed.payload.inviter.0 {
         return Err(ModelError::BadSignature);
     }
@@ -65,6 +82,49 @@ pub fn decode(text: &str, now_ms: i64) -> Result<Signed<Invite>, ModelError> {
     }
     if signed.payload.role >= Role::Owner || signed.payload.role == Role::Removed {
         return Err(ModelError::Malformed("ticket grants an impossible role"));
+    }
+    Ok(signed)
+}
+
+const LINK_PREFIX: &str = "flytdev1";
+
+/// A device-link ticket: lets a new device become another device of `person`. Signed by the
+/// device that issued it, single-use, expiring.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceLink {
+    /// The person the new device will act as.
+    pub person: PersonId,
+    /// The issuing device (its iroh endpoint id).
+    pub inviter: DeviceId,
+    /// Where the issuing device listens.
+    pub addrs: Vec<String>,
+    /// Expiry, ms since the epoch.
+    pub expires_ms: i64,
+    /// Makes the ticket single-use.
+    pub nonce: [u8; 16],
+}
+
+impl Record for DeviceLink {
+    const KIND: &'static str = "device-link";
+}
+
+/// Encodes a signed device link as ticket text (`flytdev1...`).
+pub fn encode_link(ticket: &Signed<DeviceLink>) -> String {
+    encode_with(LINK_PREFIX, ticket)
+}
+
+/// Decodes a device-link ticket: signed by the device it names, not expired.
+pub fn decode_link(text: &str, now_ms: i64) -> Result<Signed<DeviceLink>, ModelError> {
+    let signed: Signed<DeviceLink> = decode_with(
+        LINK_PREFIX,
+        text,
+        "not a Flyt device-link ticket (it starts with flytdev1)",
+    )?;
+    if signed.signer != signed.payload.inviter.0 {
+        return Err(ModelError::BadSignature);
+    }
+    if signed.payload.expires_ms <= now_ms {
+        return Err(ModelError::Expired);
     }
     Ok(signed)
 }
@@ -114,6 +174,27 @@ mod tests {
         assert!(decode(&chars.into_iter().collect::<String>(), 0).is_err());
         let (_, owner) = ticket(Role::Owner, 10_000);
         assert!(decode(&owner, 0).is_err());
+    }
+
+    #[test]
+    fn device_links_round_trip_and_are_not_invites() {
+        let alice = Identity::from_secrets([1; 32], [2; 32], "alice");
+        let link = DeviceLink {
+            person: alice.person_id(),
+            inviter: alice.device_id(),
+            addrs: vec![],
+            expires_ms: 10,
+            nonce: [1; 16],
+        };
+        let t = encode_link(&Signed::sign(&alice.device, link.clone()));
+        assert_eq!(decode_link(&t, 5).unwrap().payload, link);
+        assert!(matches!(decode_link(&t, 10), Err(ModelError::Expired)));
+        assert!(matches!(decode(&t, 5), Err(ModelError::Malformed(_))));
+        let (_, invite) = ticket(Role::Member, 10_000);
+        assert!(matches!(
+            decode_link(&invite, 5),
+            Err(ModelError::Malformed(_))
+        ));
     }
 
     #[test]

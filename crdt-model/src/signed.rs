@@ -153,6 +153,23 @@ impl Record for Membership {
     const KIND: &'static str = "membership";
 }
 
+/// Whether `person` is in a private channel, signed by a device of a channel member. The
+/// channel's member list is these records, kept append-only in the channel document.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelMembership {
+    /// The channel (its document id).
+    pub channel: DocId,
+    /// Who is added or removed.
+    pub person: PersonId,
+    /// In the channel (true) or removed from it (false).
+    pub member: bool,
+    /// When it was decided, ms.
+    pub at_ms: i64,
+}
+impl Record for ChannelMembership {
+    const KIND: &'static str = "channel-member";
+}
+
 /// A person's display name in a workspace, signed by one of their devices.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Profile {

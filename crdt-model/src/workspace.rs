@@ -358,19 +358,28 @@ impl WorkspaceView {
     }
 }
 
-fn entries<T: Record>(doc: &Automerge, map: &str) -> Vec<(String, Vec<Signed<T>>)> {
-    let Some(obj) = get_map(doc, &ROOT, map) else {
-        return Vec::new();
-    };
-    doc.keys(&obj)
+/// Every key of the map `obj` with the valid envelopes of type `T` under it (all concurrent
+/// values).
+pub(crate) fn entries_in<T: Record>(
+    doc: &Automerge,
+    obj: &automerge::ObjId,
+) -> Vec<(String, Vec<Signed<T>>)> {
+    doc.keys(obj)
         .map(|k| {
-            let vals = get_all_bytes(doc, &obj, &k)
+            let vals = get_all_bytes(doc, obj, &k)
                 .iter()
                 .filter_map(|b| Signed::<T>::decode(b).ok())
                 .collect();
             (k, vals)
         })
         .collect()
+}
+
+fn entries<T: Record>(doc: &Automerge, map: &str) -> Vec<(String, Vec<Signed<T>>)> {
+    match get_map(doc, &ROOT, map) {
+        Some(obj) => entries_in(doc, &obj),
+        None => Vec::new(),
+    }
 }
 
 /// Verifies and reads a workspace document. Invalid records are left out.
@@ -504,7 +513,7 @@ fn candidates_for(
 /// So removing an admin does not undo what they did while they were one, and two admins who
 /// remove each other at the same time both stay (neither removal was signed by someone who
 /// still held the right).
-fn resolve_roles(
+pub(crate) fn resolve_roles(
     owner: PersonId,
     candidates: &[(PersonId, Vec<(PersonId, Membership)>)],
 ) -> BTreeMap<PersonId, Role> {

@@ -190,6 +190,15 @@ pub fn offered(
             },
             crdt_model::channel::init(*workspace, *id),
         ),
+        DocRef::Dm { workspace, members } => (
+            DocMeta {
+                kind: "channel",
+                workspace: *workspace,
+                channel: Some(r.id()?),
+                bucket_key: None,
+            },
+            crdt_model::channel::init_dm(*workspace, members),
+        ),
         DocRef::Bucket { channel, key } => (
             DocMeta {
                 kind: "bucket",

@@ -29,8 +29,8 @@ use crdt_model::{DocId, Identity, MessageId, ModelError, device_actor};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 pub use docs::DocMeta;
-pub use query::{Author, ChannelRow, MemberRow, MessageRow, WorkspaceRow};
-pub use replica::{Outgoing, PeerStatus, Status};
+pub use query::{Author, ChannelRow, DeviceRow, MemberRow, MessageRow, WorkspaceRow};
+pub use replica::{Linked, Outgoing, PeerStatus, Status};
 
 use docs::DocCache;
 
@@ -161,11 +161,31 @@ impl Store {
 
     /// Creates this home's identity: a new person key and device key.
     pub fn init(&mut self, name: &str) -> Result<&Identity, StoreError> {
+        self.init_with(random(), random(), name)
+    }
+
+    /// Creates this home's identity as another device of an existing person (device linking):
+    /// the person's key, a device key already certified for it, and the person's name.
+    pub fn init_linked(
+        &mut self,
+        person: [u8; 32],
+        device: [u8; 32],
+        name: &str,
+    ) -> Result<&Identity, StoreError> {
+        self.init_with(person, device, name)
+    }
+
+    fn init_with(
+        &mut self,
+        person: [u8; 32],
+        device: [u8; 32],
+        name: &str,
+    ) -> Result<&Identity, StoreError> {
         crdt_model::validate_name(name, false)?;
         if let Some(me) = &self.identity {
             return Err(StoreError::AlreadyInitialized(me.name.clone()));
         }
-        let me = Identity::from_secrets(random(), random(), name);
+        let me = Identity::from_secrets(person, device, name);
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -280,12 +300,41 @@ impl Store {
         Ok(ws)
     }
 
-    /// Creates a channel in the current workspace.
+    /// Creates a channel in the current workspace. A private one holds only me; add members
+    /// with [`Store::create_private_channel`] or [`Store::channel_add`].
     pub fn create_channel(
         &mut self,
         name: &str,
         topic: &str,
         private: bool,
+    ) -> Result<DocId, StoreError> {
+        if private {
+            return self.create_private_channel(name, topic, &[]);
+        }
+        self.new_channel(name, topic, None)
+    }
+
+    /// Creates a private channel in the current workspace with me and `members` (display
+    /// names or person keys of workspace members) in it.
+    pub fn create_private_channel(
+        &mut self,
+        name: &str,
+        topic: &str,
+        members: &[String],
+    ) -> Result<DocId, StoreError> {
+        let ws = self.require_workspace()?;
+        let people = members
+            .iter()
+            .map(|m| self.resolve_member(ws, m))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.new_channel(name, topic, Some(people))
+    }
+
+    fn new_channel(
+        &mut self,
+        name: &str,
+        topic: &str,
+        private_members: Option<Vec<crdt_model::PersonId>>,
     ) -> Result<DocId, StoreError> {
         let name = name.strip_prefix('#').unwrap_or(name);
         crdt_model::validate_name(name, true)?;
@@ -294,9 +343,17 @@ impl Store {
             return Err(StoreError::ChannelExists(name.to_owned()));
         }
         let (id, _) = self.write(|w| {
-            let channel = DocId(random());
+            let nonce: [u8; 16] = random();
+            let channel = match private_members {
+                Some(_) => channel::private_id(ws, &w.me.person_id(), &nonce),
+                None => DocId(random()),
+            };
             let mut doc = channel::init(ws, channel)?;
             doc.set_actor(device_actor(&w.me.device_id()));
+            let at = now_ms();
+            if let Some(members) = &private_members {
+                channel::make_private(&mut doc, w.me, channel, nonce, members, at)?;
+            }
             let meta = DocMeta {
                 kind: "channel",
                 workspace: ws,
@@ -310,15 +367,119 @@ impl Store {
                 channel,
                 name: name.to_owned(),
                 topic: topic.to_owned(),
-                private,
-                at_ms: now_ms(),
+                private: private_members.is_some(),
+                at_ms: at,
             };
             let me = w.me;
             w.change(ws, |doc| workspace::put_channel(doc, me, info))?;
             w.project_workspace(ws)?;
+            w.project_channel(ws, channel)?;
             Ok(channel)
         })?;
         Ok(id)
+    }
+
+    /// Adds members (display names or person keys) to a private channel I am in.
+    pub fn channel_add(&mut self, channel: DocId, who: &[String]) -> Result<(), StoreError> {
+        self.channel_membership(channel, who, true)
+    }
+
+    /// Removes a member from a private channel I am in: their devices get nothing new of it.
+    pub fn channel_kick(&mut self, channel: DocId, who: &str) -> Result<(), StoreError> {
+        self.channel_membership(channel, &[who.to_owned()], false)
+    }
+
+    fn channel_membership(
+        &mut self,
+        channel: DocId,
+        who: &[String],
+        member: bool,
+    ) -> Result<(), StoreError> {
+        let ws = self.channel_workspace(channel)?;
+        self.require_channel_member(channel)?;
+        let people = who
+            .iter()
+            .map(|m| self.resolve_member(ws, m))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.write(|w| {
+            let me = w.me;
+            let view = w.view(ws)?;
+            let at = now_ms();
+            for p in people {
+                w.change(channel, |doc| {
+                    channel::set_member(doc, me, &view, channel, p, member, at)
+                })?;
+            }
+            w.project_channel(ws, channel)
+        })?;
+        Ok(())
+    }
+
+    /// The DM (or group DM) between me and `who` (display names or person keys) in the
+    /// current workspace, created if this device has none yet. Its id depends only on the
+    /// workspace and the participants, so every participant opens the same DM, even offline.
+    pub fn open_dm(&mut self, who: &[String]) -> Result<DocId, StoreError> {
+        let ws = self.require_workspace()?;
+        let mut people = vec![self.identity()?.person_id()];
+        for m in who {
+            people.push(self.resolve_member(ws, m)?);
+        }
+        let people = channel::dm_participants(&people);
+        let id = channel::dm_id(ws, &people);
+        self.write(|w| {
+            if docs::exists(w.tx, id)? {
+                return Ok(());
+            }
+            let mut doc = channel::init_dm(ws, &people)?;
+            doc.set_actor(device_actor(&w.me.device_id()));
+            let meta = DocMeta {
+                kind: "channel",
+                workspace: ws,
+                channel: Some(id),
+                bucket_key: None,
+            };
+            docs::insert(w.tx, w.cache, id, &meta, doc)?;
+            w.changed.push(id);
+            w.project_channel(ws, id)
+        })?;
+        Ok(id)
+    }
+
+    /// Refuses to act in a private channel or DM I am not (or no longer) in.
+    fn require_channel_member(&self, channel: DocId) -> Result<(), StoreError> {
+        let me = self.identity()?.person_id().to_string();
+        let (private, member, held): (bool, bool, bool) = self.conn.query_row(
+            "SELECT c.private,
+                    EXISTS (SELECT 1 FROM channel_members WHERE channel = c.id AND person = ?2),
+                    EXISTS (SELECT 1 FROM docs WHERE id = c.id)
+             FROM channels c WHERE c.id = ?1",
+            params![channel.to_string(), me],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?;
+        if !held || (private && !member) {
+            return Err(
+                ModelError::NotAllowed("you are not a member of this private channel").into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// A current member of `ws` by display name (case-insensitive) or person key.
+    fn resolve_member(&self, ws: DocId, who: &str) -> Result<crdt_model::PersonId, StoreError> {
+        let who = who.strip_prefix('@').unwrap_or(who);
+        let found: Vec<String> = self
+            .conn
+            .prepare_cached(
+                "SELECT person FROM members WHERE workspace = ?1
+                   AND (person = ?2 OR name = ?2 COLLATE NOCASE) AND role != 'removed'",
+            )?
+            .query_map(params![ws.to_string(), who], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        match found.as_slice() {
+            [one] => Ok(one.parse()?),
+            [] => Err(StoreError::UnknownMember(who.to_owned())),
+            many => Err(StoreError::Ambiguous(who.to_owned(), many.join(", "))),
+        }
     }
 
     /// Posts a message to a channel and returns it as the screen will show it.
@@ -331,6 +492,7 @@ impl Store {
     ) -> Result<MessageRow, StoreError> {
         crdt_model::validate_text(text)?;
         let ws = self.channel_workspace(channel)?;
+        self.require_channel_member(channel)?;
         // A reply in a thread always hangs off the thread's root, like Slack.
         let thread_root = match thread {
             Some(t) => Some(self.thread_root_of(channel, t)?),
@@ -522,7 +684,8 @@ impl Store {
         self.write(|w| {
             w.tx.execute_batch(
                 "DELETE FROM workspaces; DELETE FROM members; DELETE FROM devices;
-                 DELETE FROM channels; DELETE FROM messages; DELETE FROM reactions;
+                 DELETE FROM channels; DELETE FROM channel_members; DELETE FROM messages;
+                 DELETE FROM reactions;
                  INSERT INTO messages_fts (messages_fts) VALUES ('rebuild');",
             )?;
             let docs: Vec<(String, String, String, Option<String>)> =
@@ -534,6 +697,7 @@ impl Store {
                 let ws: DocId = ws.parse()?;
                 match kind.as_str() {
                     "workspace" => w.project_workspace(id)?,
+                    "channel" => w.project_channel(ws, id)?,
                     "bucket" => {
                         let channel: DocId = channel
                             .ok_or_else(|| {

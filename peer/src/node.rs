@@ -88,6 +88,13 @@ enum Cmd {
         cert: Vec<u8>,
         reply: oneshot::Sender<Result<DocId, StoreError>>,
     },
+    /// Link a new device of this person (the device that issued the ticket's side).
+    Link {
+        ticket: String,
+        device: DeviceId,
+        device_sig: Vec<u8>,
+        reply: oneshot::Sender<Result<crate::Linked, StoreError>>,
+    },
     /// Look for writes by other processes on this home.
     Tick,
     Stop,
@@ -242,6 +249,18 @@ fn store_thread(
                 let docs = store.take_local_changes();
                 push(&mut store, &mut engine, &mut conns, docs);
             }
+            Cmd::Link {
+                ticket,
+                device,
+                device_sig,
+                reply,
+            } => {
+                let _ = reply.send(store.redeem_link(&ticket, device, device_sig));
+                // The new device's certificate is in every workspace document: peers must
+                // learn of it before the new device connects to them.
+                let docs = store.take_local_changes();
+                push(&mut store, &mut engine, &mut conns, docs);
+            }
             Cmd::Tick => {
                 // A whole tick without other work is idle time: upkeep, one document at a time
                 // (a compaction takes ~10 ms), so a message arriving meanwhile waits at most that.
@@ -368,10 +387,7 @@ impl Node {
             })
             .await??;
         for (id, addrs) in peers {
-            node.connect(PeerAddr {
-                id,
-                addrs: addrs.iter().filter_map(|a| a.parse().ok()).collect(),
-            });
+            node.connect(peer_addr(id, &addrs));
         }
         Ok(node)
     }
@@ -439,15 +455,7 @@ impl Node {
                 )
             })
             .await??;
-        let to_dial = PeerAddr {
-            id: t.payload.inviter,
-            addrs: t
-                .payload
-                .addrs
-                .iter()
-                .filter_map(|a| a.parse().ok())
-                .collect(),
-        };
+        let to_dial = peer_addr(t.payload.inviter, &t.payload.addrs);
         let conn = self.transport.dial(&to_dial, DIAL_TIMEOUT).await?;
         let (up_tx, up_rx) = oneshot::channel();
         let join = Frame::Join {
@@ -549,6 +557,83 @@ impl Dialer {
     }
 }
 
+/// Makes a fresh home (no identity yet) another device of the person who issued the
+/// device-link `ticket`: draws this device's key, proves it to the issuing device over QUIC,
+/// receives the person's identity and the workspaces now certifying this device, and stores
+/// them. Start a [`Node`] next: it connects to the issuing device and syncs every workspace.
+pub async fn link_device(
+    db: &std::path::Path,
+    bind: SocketAddr,
+    ticket: &str,
+) -> Result<Vec<DocId>, NodeError> {
+    let t = crdt_model::invite::decode_link(ticket, crate::now_ms())
+        .map_err(|e| NodeError::Store(e.into()))?;
+    let mut store = Store::open(db)?;
+    if let Ok(me) = store.identity() {
+        return Err(StoreError::AlreadyInitialized(me.name.clone()).into());
+    }
+    let device: [u8; 32] = crate::random();
+    let device_sig = crdt_model::identity::device_sig(&device, &t.payload.person);
+    let to = peer_addr(t.payload.inviter, &t.payload.addrs);
+    let transport = Transport::bind(device, bind).await?;
+    let answer = async {
+        let conn = transport.dial(&to, DIAL_TIMEOUT).await?;
+        let (mut reader, mut writer) = conn.split();
+        writer
+            .send(&Frame::Link {
+                ticket: ticket.trim().to_owned(),
+                device_sig,
+            })
+            .await?;
+        let answer = tokio::time::timeout(DIAL_TIMEOUT * 2, reader.next()).await;
+        writer.finish().await;
+        reader.close("linked");
+        match answer {
+            Err(_) => Err(NodeError::Timeout("waiting for the other device to answer")),
+            Ok(r) => Ok(r?),
+        }
+    }
+    .await;
+    transport.close().await;
+    let (person_secret, name, workspaces) = match answer? {
+        Some(Frame::Linked {
+            person_secret,
+            name,
+            workspaces,
+        }) => (person_secret, name, workspaces),
+        Some(Frame::Refused { reason }) => return Err(NodeError::Refused(reason)),
+        _ => {
+            return Err(NodeError::Refused(
+                "the other device closed the connection".into(),
+            ));
+        }
+    };
+    if crdt_model::Identity::from_secrets(person_secret.0, device, &name).person_id()
+        != t.payload.person
+    {
+        return Err(NodeError::Refused(
+            "the other device sent an identity that is not the ticket's".into(),
+        ));
+    }
+    store.init_linked(person_secret.0, device, &name)?;
+    for ws in &workspaces {
+        store.expect_join(*ws, t.payload.inviter)?;
+    }
+    store.remember_peer(t.payload.inviter, &t.payload.addrs)?;
+    if let Some(first) = workspaces.first() {
+        store.use_workspace(*first)?;
+    }
+    Ok(workspaces)
+}
+
+/// A ticket's device and addresses (as text; unparsable ones are skipped).
+fn peer_addr(id: DeviceId, addrs: &[String]) -> PeerAddr {
+    PeerAddr {
+        id,
+        addrs: addrs.iter().filter_map(|a| a.parse().ok()).collect(),
+    }
+}
+
 static CONN_IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// Runs one connection until it ends. With `join`, sends the Join frame first and reports
@@ -601,6 +686,32 @@ async fn serve_conn(
                         return Err(NodeError::Refused(reason));
                     }
                 }
+            }
+            Some(Ok(Some(Frame::Link { ticket, device_sig }))) => {
+                let (reply, rx) = oneshot::channel();
+                cmd.send(Cmd::Link {
+                    ticket,
+                    device: peer,
+                    device_sig,
+                    reply,
+                })
+                .map_err(|_| NodeError::Stopped)?;
+                let answer = match rx.await.map_err(|_| NodeError::Stopped)? {
+                    Ok(linked) => {
+                        info!("linked a new device of this person");
+                        Frame::Linked {
+                            person_secret: crate::sync::protocol::Secret(linked.person_secret),
+                            name: linked.name,
+                            workspaces: linked.workspaces,
+                        }
+                    }
+                    Err(e) => Frame::Refused {
+                        reason: e.to_string(),
+                    },
+                };
+                writer.send(&answer).await?;
+                writer.finish().await;
+                return Ok(());
             }
             Some(Ok(Some(f))) => first = Some(f),
             Some(Ok(None)) => return Ok(()),

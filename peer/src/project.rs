@@ -4,6 +4,7 @@
 use std::collections::BTreeSet;
 
 use crdt_model::bucket;
+use crdt_model::channel::{self, ChannelKind};
 use crdt_model::{DocId, MessageId};
 use rusqlite::params;
 
@@ -50,7 +51,7 @@ impl Writer<'_> {
         }
         let listed: BTreeSet<String> = v.channels.keys().map(|c| c.to_string()).collect();
         let existing: Vec<String> = tx
-            .prepare_cached("SELECT id FROM channels WHERE workspace = ?1")?
+            .prepare_cached("SELECT id FROM channels WHERE workspace = ?1 AND dm = 0")?
             .query_map([&w], |r| r.get(0))?
             .collect::<Result<_, _>>()?;
         for gone in existing.iter().filter(|c| !listed.contains(*c)) {
@@ -73,6 +74,17 @@ impl Writer<'_> {
                 ],
             )?;
         }
+        // Who is in a private channel or DM depends on the workspace (members, devices, names).
+        let restricted: Vec<String> = tx
+            .prepare_cached(
+                "SELECT c.id FROM channels c JOIN docs d ON d.id = c.id
+                 WHERE c.workspace = ?1 AND c.private = 1",
+            )?
+            .query_map([&w], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        for c in restricted {
+            self.project_channel(ws, c.parse()?)?;
+        }
         if old_devices != new_devices {
             let suspect: Vec<(String, String)> = tx
                 .prepare(
@@ -83,6 +95,45 @@ impl Writer<'_> {
             for (b, c) in suspect {
                 self.project_bucket(ws, c.parse()?, b.parse()?, None)?;
             }
+        }
+        Ok(())
+    }
+
+    /// Re-projects a channel document: who is in it (private channels and DMs), and a DM's
+    /// listing (DMs are not listed in the workspace document; a DM is named after the other
+    /// participants).
+    pub(crate) fn project_channel(&mut self, ws: DocId, id: DocId) -> Result<(), StoreError> {
+        let view = self.view(ws)?;
+        let me = self.me.device_id();
+        let tx = self.tx;
+        let doc = self
+            .cache
+            .get(tx, id, &me)?
+            .ok_or_else(|| StoreError::Corrupt(format!("channel {id} is missing")))?;
+        let cv = channel::view(doc, &view, id);
+        let c = id.to_string();
+        tx.execute("DELETE FROM channel_members WHERE channel = ?1", [&c])?;
+        let mut add =
+            tx.prepare_cached("INSERT INTO channel_members (channel, person) VALUES (?1, ?2)")?;
+        for p in &cv.members {
+            add.execute(params![c, p.to_string()])?;
+        }
+        if cv.kind == ChannelKind::Dm {
+            let mine = self.me.person_id();
+            let mut names: Vec<String> = cv
+                .members
+                .iter()
+                .filter(|p| **p != mine || cv.members.len() == 1)
+                .map(|p| view.name_of(p))
+                .collect();
+            names.sort_by_key(|n| n.to_lowercase());
+            let name = format!("@{}", names.join(","));
+            tx.execute(
+                "INSERT INTO channels (id, workspace, name, topic, private, dm, created_by, updated_ms)
+                 VALUES (?1, ?2, ?3, '', 1, 1, '', 0)
+                 ON CONFLICT (id) DO UPDATE SET name = excluded.name",
+                params![c, ws.to_string(), name],
+            )?;
         }
         Ok(())
     }

@@ -61,8 +61,10 @@ pub struct ChannelRow {
     pub name: String,
     /// Topic.
     pub topic: String,
-    /// Private channel.
+    /// Private channel (DMs are private too).
     pub private: bool,
+    /// A DM or group DM (named `@` and the other participants).
+    pub dm: bool,
     /// Messages from others since I last read the channel.
     pub unread: i64,
     /// Of those, how many mention me.
@@ -82,6 +84,15 @@ pub struct WorkspaceRow {
     pub members: i64,
     /// Whether it is the current one.
     pub current: bool,
+}
+
+/// One of my devices.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeviceRow {
+    /// Its device key (iroh endpoint id), hex.
+    pub device: String,
+    /// Whether it is the device this home is.
+    pub this: bool,
 }
 
 /// A member.
@@ -210,9 +221,21 @@ impl Store {
         Ok(ids)
     }
 
-    /// Finds a channel of the current workspace: `general`, `#general` or its id.
+    /// Finds a channel of the current workspace: `general`, `#general` or its id, or a DM:
+    /// `@bob`, `@bob,carol` (the other participants).
     pub fn find_channel(&self, name: &str) -> Result<DocId, StoreError> {
         let ws = self.require_workspace()?;
+        if let Some(names) = name.strip_prefix('@') {
+            let mut people = vec![self.identity()?.person_id()];
+            for n in names.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                people.push(self.resolve_member(ws, n)?);
+            }
+            let id = crdt_model::channel::dm_id(ws, &people);
+            return match self.channel_workspace(id) {
+                Ok(_) => Ok(id),
+                Err(_) => Err(StoreError::UnknownChannel(name.to_owned())),
+            };
+        }
         let bare = name.strip_prefix('#').unwrap_or(name);
         match self.find_channels(ws, bare)?.as_slice() {
             [] => Err(StoreError::UnknownChannel(name.to_owned())),
@@ -241,10 +264,10 @@ impl Store {
     pub fn channels_in(&self, ws: DocId) -> Result<Vec<ChannelRow>, StoreError> {
         let me = self.identity()?.person_id().to_string();
         let mut stmt = self.conn.prepare_cached(
-            "SELECT c.id, c.name, c.topic, c.private,
+            "SELECT c.id, c.name, c.topic, c.private, c.dm,
                  coalesce(rs.last_read_ts, 0), coalesce(rs.last_read_id, '')
              FROM channels c LEFT JOIN read_state rs ON rs.channel = c.id
-             WHERE c.workspace = ?1 ORDER BY c.name COLLATE NOCASE, c.id",
+             WHERE c.workspace = ?1 ORDER BY c.dm, c.name COLLATE NOCASE, c.id",
         )?;
         let rows: Vec<(ChannelRow, i64, String)> = stmt
             .query_map([ws.to_string()], |r| {
@@ -254,11 +277,12 @@ impl Store {
                         name: r.get(1)?,
                         topic: r.get(2)?,
                         private: r.get(3)?,
+                        dm: r.get(4)?,
                         unread: 0,
                         mentions: 0,
                     },
-                    r.get(4)?,
                     r.get(5)?,
+                    r.get(6)?,
                 ))
             })?
             .collect::<Result<_, _>>()?;
@@ -309,13 +333,19 @@ impl Store {
     /// Members of the current workspace.
     pub fn members(&self) -> Result<Vec<MemberRow>, StoreError> {
         let ws = self.require_workspace()?;
+        self.member_rows(
+            "SELECT person, name, role FROM members WHERE workspace = ?1 AND role != 'removed'
+             ORDER BY name COLLATE NOCASE",
+            ws,
+        )
+    }
+
+    /// Runs a query of (key, name, role) rows with one id parameter.
+    fn member_rows(&self, sql: &str, id: DocId) -> Result<Vec<MemberRow>, StoreError> {
         let rows = self
             .conn
-            .prepare_cached(
-                "SELECT person, name, role FROM members WHERE workspace = ?1 AND role != 'removed'
-                 ORDER BY name COLLATE NOCASE",
-            )?
-            .query_map([ws.to_string()], |r| {
+            .prepare_cached(sql)?
+            .query_map([id.to_string()], |r| {
                 Ok(MemberRow {
                     key: r.get(0)?,
                     name: r.get(1)?,
@@ -324,6 +354,44 @@ impl Store {
             })?
             .collect::<Result<_, _>>()?;
         Ok(rows)
+    }
+
+    /// My devices: every device certified for me in any of my workspaces.
+    pub fn devices(&self) -> Result<Vec<DeviceRow>, StoreError> {
+        let me = self.identity()?;
+        let this = me.device_id().to_string();
+        let rows = self
+            .conn
+            .prepare_cached(
+                "SELECT DISTINCT device FROM devices WHERE person = ?1 ORDER BY device",
+            )?
+            .query_map([me.person_id().to_string()], |r| r.get::<_, String>(0))?
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut out: Vec<DeviceRow> = rows
+            .into_iter()
+            .map(|device| DeviceRow {
+                this: device == this,
+                device,
+            })
+            .collect();
+        if !out.iter().any(|d| d.this) {
+            out.push(DeviceRow {
+                device: this,
+                this: true,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Who is in a private channel or DM (empty for public channels: everyone is).
+    pub fn channel_members(&self, channel: DocId) -> Result<Vec<MemberRow>, StoreError> {
+        self.member_rows(
+            "SELECT cm.person, coalesce(m.name, substr(cm.person, 1, 8)), coalesce(m.role, 'member')
+             FROM channel_members cm JOIN channels c ON c.id = cm.channel
+             LEFT JOIN members m ON m.workspace = c.workspace AND m.person = cm.person
+             WHERE cm.channel = ?1 ORDER BY 2 COLLATE NOCASE",
+            channel,
+        )
     }
 
     /// Fills in reactions and mention names, which live in other tables.

@@ -65,7 +65,53 @@ struct DocRow {
     bucket_key: Option<String>,
 }
 
+/// What a newly linked device receives from the device that linked it.
+#[derive(Clone)]
+pub struct Linked {
+    /// The person's secret key.
+    pub person_secret: [u8; 32],
+    /// The person's display name.
+    pub name: String,
+    /// Workspaces that now certify the new device.
+    pub workspaces: Vec<DocId>,
+}
+
+impl std::fmt::Debug for Linked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Linked")
+            .field("name", &self.name)
+            .field("workspaces", &self.workspaces)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Writer<'_> {
+    /// Marks the ticket with `nonce` used by `by`; refuses unknown and used tickets.
+    fn use_ticket(&self, nonce: &str, by: &DeviceId) -> Result<(), StoreError> {
+        let used: Option<Option<String>> = self
+            .tx
+            .query_row(
+                "SELECT used_by FROM invites WHERE nonce = ?1",
+                [nonce],
+                |r| r.get(0),
+            )
+            .optional()?;
+        match used {
+            None => return Err(crdt_model::ModelError::NotAllowed("unknown ticket").into()),
+            Some(Some(_)) => {
+                return Err(
+                    crdt_model::ModelError::NotAllowed("this ticket was already used").into(),
+                );
+            }
+            Some(None) => {}
+        }
+        self.tx.execute(
+            "UPDATE invites SET used_by = ?1, used_ms = ?2 WHERE nonce = ?3",
+            params![by.to_string(), now_ms(), nonce],
+        )?;
+        Ok(())
+    }
+
     fn doc_row(&self, id: DocId) -> Option<DocRow> {
         let row: Option<(String, String, Option<String>, Option<String>)> = self
             .tx
@@ -108,17 +154,31 @@ impl Writer<'_> {
             .ok()?
     }
 
-    fn channel_private(&self, channel: DocId) -> bool {
+    /// Whether a channel reaches only some members (private channels and DMs). A channel doc we
+    /// hold but do not see listed counts as restricted: it is shared with its members only.
+    fn channel_restricted(&self, channel: DocId) -> bool {
+        self.channel_flag(channel, "private").unwrap_or(true)
+    }
+
+    /// A boolean column of a channel's listing, if it is listed.
+    fn channel_flag(&self, channel: DocId, column: &'static str) -> Option<bool> {
         self.tx
-            .prepare_cached("SELECT private FROM channels WHERE id = ?1")
-            .ok()
+            .prepare_cached(&format!("SELECT {column} FROM channels WHERE id = ?1"))
+            .ok()?
+            .query_row([channel.to_string()], |r| r.get::<_, bool>(0))
+            .optional()
+            .ok()?
+    }
+
+    /// Who is in a private channel or DM, as verified from its document.
+    fn channel_members(&self, channel: DocId) -> Vec<String> {
+        self.tx
+            .prepare_cached("SELECT person FROM channel_members WHERE channel = ?1 ORDER BY person")
             .and_then(|mut s| {
-                s.query_row([channel.to_string()], |r| r.get::<_, bool>(0))
-                    .optional()
-                    .ok()
+                s.query_map([channel.to_string()], |r| r.get(0))?
+                    .collect::<Result<Vec<String>, _>>()
             })
-            .flatten()
-            .unwrap_or(false)
+            .unwrap_or_default()
     }
 
     /// Whether `peer` is a relay workspace `ws` lists (added by an owner or admin).
@@ -136,11 +196,27 @@ impl Writer<'_> {
             return self.inviter_of(row.workspace) == Some(peer.to_string());
         };
         match row.channel {
-            // Private channels reach only their members; until private membership lists exist
-            // (issue 3) that is the creator's own devices.
-            Some(ch) if self.channel_private(ch) => person == self.me.person_id().to_string(),
+            // Private channels and DMs reach only their members' devices. A private channel
+            // document whose member list has not arrived yet holds nothing but its first change:
+            // it may be synced with any workspace member, so the list can arrive.
+            Some(ch) if self.channel_restricted(ch) => {
+                let members = self.channel_members(ch);
+                members.contains(&person) || (members.is_empty() && row.kind == "channel")
+            }
             _ => true,
         }
+    }
+}
+
+impl Writer<'_> {
+    fn channel_is_dm(&self, channel: DocId) -> bool {
+        self.channel_flag(channel, "dm").unwrap_or(false)
+    }
+
+    /// A DM's participants, from its document (all of them, removed members included: they
+    /// make its id).
+    fn dm_participants(&mut self, ws: DocId, channel: DocId) -> Option<Vec<crdt_model::PersonId>> {
+        crdt_model::channel::dm_members(Host::doc(self, channel)?, ws, channel)
     }
 }
 
@@ -160,6 +236,10 @@ impl Host for Writer<'_> {
         let row = self.doc_row(id)?;
         Some(match row.kind.as_str() {
             "workspace" => DocRef::Workspace { id },
+            "channel" if self.channel_is_dm(id) => DocRef::Dm {
+                workspace: row.workspace,
+                members: self.dm_participants(row.workspace, id)?,
+            },
             "channel" => DocRef::Channel {
                 id,
                 workspace: row.workspace,
@@ -180,6 +260,12 @@ impl Host for Writer<'_> {
             return None;
         }
         self.changed.push(id);
+        if let DocRef::Dm { workspace, .. } = r
+            && let Err(e) = self.project_channel(*workspace, id)
+        {
+            tracing::warn!(doc = %id, "could not list an offered DM: {e}");
+            return None;
+        }
         Host::doc(self, id)
     }
 
@@ -251,6 +337,14 @@ impl Host for Writer<'_> {
                         .doc_row(*workspace)
                         .is_some_and(|row| self.allowed(peer, &row))
             }
+            // A DM is taken only by its participants, from a participant's device.
+            DocRef::Dm { workspace, members } => {
+                let me = self.me.person_id();
+                members.contains(&me)
+                    && self
+                        .member_person(*workspace, peer)
+                        .is_some_and(|p| members.iter().any(|m| m.to_string() == p))
+            }
             DocRef::Bucket { channel, key } => {
                 key.parse::<crdt_model::channel::BucketKey>().is_ok()
                     && self
@@ -317,6 +411,11 @@ impl Writer<'_> {
                     match row.kind.as_str() {
                         "workspace" => {
                             self.project_workspace(doc)?;
+                            policy = true;
+                        }
+                        // A channel document carries its member list.
+                        "channel" => {
+                            self.project_channel(row.workspace, doc)?;
                             policy = true;
                         }
                         "bucket" => {
@@ -399,24 +498,7 @@ impl Store {
     /// member is named by display name or person key.
     pub fn set_role(&mut self, who: &str, role: Role) -> Result<(), StoreError> {
         let ws = self.require_workspace()?;
-        let person: crdt_model::PersonId = match who.parse() {
-            Ok(p) => p,
-            Err(_) => {
-                let found: Vec<String> = self
-                    .conn
-                    .prepare_cached(
-                        "SELECT person FROM members WHERE workspace = ?1 AND name = ?2 COLLATE NOCASE
-                           AND role != 'removed'",
-                    )?
-                    .query_map(params![ws.to_string(), who], |r| r.get(0))?
-                    .collect::<Result<_, _>>()?;
-                match found.as_slice() {
-                    [one] => one.parse()?,
-                    [] => return Err(StoreError::UnknownMember(who.to_owned())),
-                    many => return Err(StoreError::Ambiguous(who.to_owned(), many.join(", "))),
-                }
-            }
-        };
+        let person = self.resolve_member(ws, who)?;
         self.write(|w| {
             let me = w.me;
             let at = now_ms();
@@ -497,26 +579,7 @@ impl Store {
         let nonce = hex::encode(t.payload.nonce);
         let person = crdt_model::PersonId(cert.signer);
         self.write(|w| {
-            let used: Option<Option<String>> =
-                w.tx.query_row(
-                    "SELECT used_by FROM invites WHERE nonce = ?1",
-                    [&nonce],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            match used {
-                None => return Err(crdt_model::ModelError::NotAllowed("unknown ticket").into()),
-                Some(Some(_)) => {
-                    return Err(
-                        crdt_model::ModelError::NotAllowed("this invite was already used").into(),
-                    );
-                }
-                Some(None) => {}
-            }
-            w.tx.execute(
-                "UPDATE invites SET used_by = ?1, used_ms = ?2 WHERE nonce = ?3",
-                params![cert.payload.device.to_string(), now_ms(), nonce],
-            )?;
+            w.use_ticket(&nonce, &cert.payload.device)?;
             let me = w.me;
             let at = now_ms();
             w.change(ws, |doc| workspace::put_device(doc, &cert, at))?;
@@ -524,6 +587,81 @@ impl Store {
             w.project_workspace(ws)
         })?;
         Ok(ws)
+    }
+
+    /// Issues a device-link ticket (valid for `ttl_ms`, naming `addrs` as where this node
+    /// listens): whoever redeems it becomes another device of this person.
+    pub fn link_ticket(&mut self, ttl_ms: i64, addrs: Vec<String>) -> Result<String, StoreError> {
+        let me = self.identity()?.clone();
+        if ttl_ms <= 0 {
+            return Err(
+                crdt_model::ModelError::Malformed("a ticket must be valid for some time").into(),
+            );
+        }
+        let link = crdt_model::invite::DeviceLink {
+            person: me.person_id(),
+            inviter: me.device_id(),
+            addrs,
+            expires_ms: now_ms().saturating_add(ttl_ms),
+            nonce: crate::random(),
+        };
+        self.conn.execute(
+            "INSERT INTO invites (nonce, workspace, role, expires_ms) VALUES (?1, '', 'device', ?2)",
+            params![hex::encode(link.nonce), link.expires_ms],
+        )?;
+        Ok(crdt_model::invite::encode_link(&Signed::sign(
+            &me.device, link,
+        )))
+    }
+
+    /// Redeems a device-link ticket this node issued for `device` (the authenticated endpoint
+    /// of the connection), which signed `device_sig` over my person key: certifies the device
+    /// in every workspace I am a member of, in one transaction, and returns what the new device
+    /// keeps (the person key: every device of a person holds it, see ARCHITECTURE.md).
+    pub fn redeem_link(
+        &mut self,
+        ticket: &str,
+        device: DeviceId,
+        device_sig: Vec<u8>,
+    ) -> Result<Linked, StoreError> {
+        let me = self.identity()?.clone();
+        let t = crdt_model::invite::decode_link(ticket, now_ms())?;
+        if t.payload.inviter != me.device_id() || t.payload.person != me.person_id() {
+            return Err(crdt_model::ModelError::NotAllowed(
+                "this ticket was issued by another device",
+            )
+            .into());
+        }
+        let cert = me.certify(device, device_sig, "linked device", now_ms());
+        if !crdt_model::identity::device_cert_valid(&cert) {
+            return Err(crdt_model::ModelError::BadSignature.into());
+        }
+        let nonce = hex::encode(t.payload.nonce);
+        let person = me.person_id().to_string();
+        let (workspaces, _) = self.write(|w| {
+            w.use_ticket(&nonce, &device)?;
+            let ids: Vec<String> =
+                w.tx.prepare_cached(
+                    "SELECT workspace FROM members WHERE person = ?1 AND role != 'removed'
+                     ORDER BY workspace",
+                )?
+                .query_map([&person], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            let mut out = Vec::new();
+            for id in ids {
+                let ws: DocId = id.parse()?;
+                let at = now_ms();
+                w.change(ws, |doc| workspace::put_device(doc, &cert, at))?;
+                w.project_workspace(ws)?;
+                out.push(ws);
+            }
+            Ok(out)
+        })?;
+        Ok(Linked {
+            person_secret: me.person.to_bytes(),
+            name: me.name.clone(),
+            workspaces,
+        })
     }
 
     fn my_role(&self, ws: DocId) -> Result<Role, StoreError> {

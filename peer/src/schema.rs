@@ -27,7 +27,7 @@ pub fn open(path: &std::path::Path) -> Result<Connection, StoreError> {
 }
 
 /// The schema version this build writes. A database with a newer one is refused.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 const V1: &str = r#"
 CREATE TABLE meta (
@@ -176,6 +176,18 @@ CREATE TABLE invites (
 ) STRICT;
 "#;
 
+const V3: &str = r#"
+-- DMs are channels too, listed from their own document rather than the workspace's.
+ALTER TABLE channels ADD COLUMN dm INTEGER NOT NULL DEFAULT 0;
+
+-- Who is in each private channel and DM (from the channel document, verified).
+CREATE TABLE channel_members (
+    channel TEXT NOT NULL,
+    person  TEXT NOT NULL,
+    PRIMARY KEY (channel, person)
+) STRICT, WITHOUT ROWID;
+"#;
+
 /// Brings the database to [`SCHEMA_VERSION`], refusing one written by a newer build.
 pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
@@ -185,7 +197,7 @@ pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
             known: SCHEMA_VERSION,
         });
     }
-    for (target, sql) in [(1, V1), (2, V2)] {
+    for (target, sql) in [(1, V1), (2, V2), (3, V3)] {
         if version >= target {
             continue;
         }

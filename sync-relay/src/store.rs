@@ -532,6 +532,8 @@ impl Host for Tx<'_> {
         match r {
             // Workspace documents come only through `RelayStore::join`, which checks them.
             DocRef::Workspace { .. } => false,
+            // DMs reach only their participants' devices (the relay carries public channels).
+            DocRef::Dm { .. } => false,
             DocRef::Channel { id, workspace } => {
                 self.member(*workspace, peer) && self.public_channel(*workspace, *id)
             }

@@ -245,9 +245,11 @@ impl Engine {
             Frame::Sync { doc, data } => self.sync(host, peer, doc, &data, out),
             // Joining happens before the engine sees a connection (the runtime redeems the
             // ticket, then reports `Connected`); here it is out of place.
-            Frame::Join { .. } => {
-                self.close(peer, CloseReason::Protocol("Join mid-connection"), out)
-            }
+            Frame::Join { .. } | Frame::Link { .. } | Frame::Linked { .. } => self.close(
+                peer,
+                CloseReason::Protocol("Join or Link mid-connection"),
+                out,
+            ),
             Frame::Refused { reason } => self.close(peer, CloseReason::Refused(reason), out),
         }
     }
@@ -341,9 +343,9 @@ impl Engine {
         if host.doc(doc).is_none() {
             return;
         }
-        // A workspace document carries membership: who may see what can have changed. Re-check
-        // first, so a removed member gets nothing of this change either.
-        if matches!(host.doc_ref(doc), Some(DocRef::Workspace { .. })) {
+        // Workspace and channel documents carry membership: who may see what can have changed.
+        // Re-check first, so a removed member gets nothing of this change either.
+        if !matches!(host.doc_ref(doc), Some(DocRef::Bucket { .. }) | None) {
             self.policy_changed(host, out);
         }
         self.fan_out(host, doc, None, out);
@@ -385,6 +387,19 @@ impl Engine {
             }
             let retry = std::mem::take(&mut p.deferred);
             self.offered(host, peer, retry, out);
+            // Documents the peer may now see (added to a private channel, a new DM).
+            let known = &self.peers[&peer].docs;
+            let new: Vec<DocRef> = host
+                .offer(&peer)
+                .into_iter()
+                .filter(|r| r.id().is_some_and(|id| !known.contains_key(&id)))
+                .collect();
+            if !new.is_empty() {
+                out.push(Action::Send(peer, Frame::Have { docs: new.clone() }));
+                for id in new.iter().filter_map(DocRef::id) {
+                    self.open(host, peer, id, out);
+                }
+            }
         }
     }
 }

@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crdt_model::DocId;
+use crdt_model::{DocId, PersonId};
 
 /// The ALPN identifying Flyt's sync protocol on an iroh connection.
 pub const ALPN: &[u8] = b"flyt/sync/1";
@@ -40,6 +40,14 @@ pub enum DocRef {
         /// The bucket key, e.g. `2026-11-22.0`.
         key: String,
     },
+    /// The channel document of a DM (or group DM) of `workspace`; its id is derived from the
+    /// two, so a receiver checks it is a participant before holding anything.
+    Dm {
+        /// The workspace.
+        workspace: DocId,
+        /// The participants (sorted person keys).
+        members: Vec<PersonId>,
+    },
 }
 
 impl DocRef {
@@ -52,6 +60,9 @@ impl DocRef {
                 .parse()
                 .ok()
                 .map(|k| crdt_model::bucket::bucket_id(*channel, k)),
+            DocRef::Dm { workspace, members } => {
+                Some(crdt_model::channel::dm_id(*workspace, members))
+            }
         }
     }
 }
@@ -99,6 +110,36 @@ pub enum Frame {
         /// Why, for people.
         reason: String,
     },
+    /// First (and only) frame of a new device linking itself to a person: a device-link ticket
+    /// and the device's signature over the ticket's person key. The device is the connection's
+    /// authenticated endpoint.
+    Link {
+        /// The ticket text (starts with `flytdev1`).
+        ticket: String,
+        /// The new device's half of its certificate (`crdt_model::identity::device_sig`).
+        device_sig: Vec<u8>,
+    },
+    /// The answer to [`Frame::Link`]: the person's identity, for the new device to keep, and
+    /// the workspaces it was added to. The connection closes next; the new device then
+    /// connects as a member device and syncs.
+    Linked {
+        /// The person's secret key.
+        person_secret: Secret,
+        /// The person's display name.
+        name: String,
+        /// Workspaces whose documents now certify the new device.
+        workspaces: Vec<DocId>,
+    },
+}
+
+/// A secret key in a frame; its `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Secret(pub [u8; 32]);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
 }
 
 /// Why bytes are not a frame.

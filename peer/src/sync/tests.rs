@@ -61,7 +61,7 @@ impl Host for MemHost {
         let mut v: Vec<DocRef> = self.docs.values().map(|(r, _)| r.clone()).collect();
         v.sort_by_key(|r| match r {
             DocRef::Workspace { .. } => (0, String::new()),
-            DocRef::Channel { .. } => (1, String::new()),
+            DocRef::Channel { .. } | DocRef::Dm { .. } => (1, String::new()),
             DocRef::Bucket { key, .. } => (2, format!("{:>20}", u64::MAX - key_rank(key))),
         });
         v

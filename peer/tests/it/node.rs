@@ -10,9 +10,9 @@ use tokio::sync::broadcast;
 
 use crate::common::Home;
 
-const WAIT: Duration = Duration::from_secs(20);
+pub const WAIT: Duration = Duration::from_secs(20);
 
-async fn start(home: &Home) -> Node {
+pub async fn start(home: &Home) -> Node {
     Node::start(NodeConfig {
         db: home.path.clone(),
         bind: "127.0.0.1:0".parse().unwrap(),
@@ -22,7 +22,7 @@ async fn start(home: &Home) -> Node {
 }
 
 /// Waits until `check` holds on the node's store, re-checking after every node event.
-async fn until<T: Send + 'static>(
+pub async fn until<T: Send + 'static>(
     node: &Node,
     events: &mut broadcast::Receiver<NodeEvent>,
     what: &str,
@@ -66,7 +66,7 @@ async fn until<T: Send + 'static>(
     }
 }
 
-fn home_with(name: &str) -> Home {
+pub fn home_with(name: &str) -> Home {
     let home = Home::new();
     home.open().init(name).unwrap();
     home
