@@ -420,7 +420,7 @@ pub struct ChannelView {
     pub topic: String,
     /// Private channel.
     pub private: bool,
-    /// A direct-message channel (always false until DMs land).
+    /// A DM or group DM (named `@` and the other participants).
     pub dm: bool,
     /// Messages from others since I last read it.
     pub unread: i64,
@@ -920,7 +920,7 @@ fn channel_view(s: &Store, c: ChannelRow) -> Result<ChannelView, StoreError> {
         name: c.name,
         topic: c.topic,
         private: c.private,
-        dm: false,
+        dm: c.dm,
         unread: c.unread,
         mentions: c.mentions,
     })

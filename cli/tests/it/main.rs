@@ -103,6 +103,14 @@ impl Home {
         id.to_owned()
     }
 
+    /// `flyt dm NAMES TEXT`: prints exactly the new id.
+    fn send_dm(&self, names: &str, text: &str) -> String {
+        let out = self.ok(&["dm", names, text]);
+        let id = out.trim_end();
+        assert!(is_id(id), "dm printed {out:?}, not exactly an id");
+        id.to_owned()
+    }
+
     /// Every message of a channel's main timeline, oldest first.
     fn read_all(&self, channel: &str) -> Vec<Value> {
         array(self.json(&["read", channel, "--limit", "1000"]))
@@ -347,9 +355,9 @@ fn walkthrough_json() {
         home.json(&["channel", "list"]),
         json!([
             {"id": general_id, "name": "general", "topic": "Company-wide announcements",
-             "private": false, "unread": 0, "mentions": 0},
+             "private": false, "dm": false, "unread": 0, "mentions": 0},
             {"id": random_id, "name": "random", "topic": "",
-             "private": false, "unread": 0, "mentions": 0},
+             "private": false, "dm": false, "unread": 0, "mentions": 0},
         ])
     );
     // Channels belong to their workspace.
@@ -866,6 +874,62 @@ fn two_processes_at_once() {
     assert_eq!(stored.len(), 80, "ids are unique");
     let sent: BTreeMap<String, String> = a.into_iter().chain(b).collect();
     assert_eq!(stored, sent);
+}
+
+#[test]
+fn private_channels_dms_and_devices_offline() {
+    let home = Home::with_alice();
+    home.ok(&[
+        "channel",
+        "create",
+        "secret",
+        "--private",
+        "--topic",
+        "hush",
+    ]);
+    let members = array(home.json(&["channel", "members", "secret"]));
+    assert_eq!(members.len(), 1);
+    assert_eq!(members[0]["name"], "alice");
+    let id = home.send("secret", "only me so far");
+    assert_eq!(ids(&home.read_all("secret")), [id]);
+
+    // Bad input: one clear line, nothing changed.
+    let err = home.fails(&["channel", "add", "secret", "nobody"]);
+    assert!(err.contains("no member named \"nobody\""), "{err}");
+    let err = home.fails(&["channel", "kick", "general", "alice"]);
+    assert!(err.contains("only private channels"), "{err}");
+    let err = home.fails(&["channel", "kick", "secret", "alice"]);
+    assert!(err.contains("creator"), "{err}");
+    let err = home.fails(&["channel", "create", "x", "--private", "--members", "nobody"]);
+    assert!(err.contains("no member named"), "{err}");
+    let usage = home.run(&["channel", "create", "y", "--members", "alice"]);
+    assert_eq!(usage.status.code(), Some(2), "--members needs --private");
+    let err = home.fails(&["read", "@nobody"]);
+    assert!(err.contains("no member named"), "{err}");
+
+    // A DM with myself is a channel like the others, listed as a DM.
+    let note = home.send_dm("alice", "note to self");
+    assert_eq!(ids(&home.read_all("@alice")), [note]);
+    let channels = array(home.json(&["channel", "list"]));
+    let dm: Vec<&Value> = channels.iter().filter(|c| c["dm"] == true).collect();
+    assert_eq!(dm.len(), 1);
+    assert_eq!(
+        (dm[0]["name"].as_str(), &dm[0]["private"]),
+        (Some("@alice"), &json!(true))
+    );
+    assert!(home.ok(&["channel", "list"]).contains("@alice"));
+
+    // Devices: this one; linking needs a running node, joining a fresh home.
+    let devices = array(home.json(&["device", "list"]));
+    assert_eq!(devices.len(), 1);
+    assert_eq!(devices[0]["this"], true);
+    let err = home.fails(&["device", "link"]);
+    assert!(err.contains("flyt serve"), "{err}");
+    let err = home.fails(&["device", "join", "flytdev1abc"]);
+    assert!(err.contains("already has an identity"), "{err}");
+    let fresh = Home::new();
+    let err = fresh.fails(&["device", "join", "flyt1abc"]);
+    assert!(err.contains("not a Flyt device-link ticket"), "{err}");
 }
 
 #[test]
