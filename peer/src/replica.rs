@@ -190,7 +190,7 @@ impl Writer<'_> {
         let Some(person) = self.member_person(row.workspace, peer) else {
             // A relay the workspace lists gets its documents, except private channels'.
             if self.is_relay(row.workspace, peer) {
-                return row.channel.is_none_or(|ch| !self.channel_private(ch));
+                return row.channel.is_none_or(|ch| !self.channel_restricted(ch));
             }
             // The inviter of a workspace we are joining may send us its documents.
             return self.inviter_of(row.workspace) == Some(peer.to_string());
