@@ -3,8 +3,12 @@
 //!
 //! A node has one [`Transport`]: an iroh endpoint whose key is the device's ed25519 key, so
 //! the endpoint id *is* the [`DeviceId`] and every connection is authenticated by it. It never
-//! touches the internet on its own: no relay, no address lookup (DNS/pkarr/mDNS), no port
-//! mapping, no net-report probes. Peers are dialled on the direct addresses of a [`PeerAddr`].
+//! touches the internet on its own: no public relays, no address lookup (DNS/pkarr/mDNS), no
+//! port mapping. Peers are dialled on the direct addresses of a [`PeerAddr`] and, when the
+//! workspace has a `flyt-relay`, through that relay's `/relay` (iroh's relay protocol, end-to-end
+//! encrypted): [`Transport::add_relay`] adds one, and from then on every dial also offers the
+//! relay path, so two nodes behind NATs still reach each other (iroh moves the connection to a
+//! direct path when hole punching succeeds).
 //!
 //! # One stream per connection, and who opens it
 //!
@@ -40,7 +44,9 @@ use iroh::endpoint::{
     Connection, ConnectionError, Incoming, NetReportConfig, PortmapperConfig, QuicTransportConfig,
     ReadError, RecvStream, SendStream, WriteError, presets,
 };
-use iroh::{Endpoint, EndpointAddr, RelayMode, SecretKey, TransportAddr};
+use iroh::{
+    Endpoint, EndpointAddr, RelayConfig, RelayMap, RelayMode, RelayUrl, SecretKey, TransportAddr,
+};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, mpsc};
 use tokio::task::JoinSet;
@@ -49,6 +55,10 @@ use tokio_util::task::AbortOnDropHandle;
 use tracing::{Instrument, debug, debug_span};
 
 use crate::sync::protocol::{ALPN, Frame, FrameDecoder, FrameError, MAX_FRAME};
+
+/// What a bind error names when there was no address (a relay-only endpoint).
+const LOOPBACK_ANY: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0);
 
 /// How long an incoming connection may take from its first packet to the dialler's first
 /// bytes on the stream (QUIC handshake included).
@@ -97,6 +107,12 @@ pub enum NetError {
     /// A peer id is not a valid ed25519 public key.
     #[error("{0} is not a valid device key")]
     BadPeerId(DeviceId),
+    /// A relay URL is not an `http://` or `https://` URL.
+    #[error("{url:?} is not a relay URL (expected http://host:port or https://host)")]
+    BadRelayUrl {
+        /// What was given.
+        url: String,
+    },
     /// A dial did not complete in time (a dead address otherwise takes ~30 s).
     #[error("timed out dialling {peer} after {after:?}")]
     DialTimeout {
@@ -187,25 +203,60 @@ impl NetError {
     }
 }
 
-/// Where to reach a node: its device id (the iroh endpoint id) and direct addresses.
-/// Serializable: it goes into invite tickets.
+/// Where to reach a node: its device id (the iroh endpoint id), direct addresses, and relays
+/// it may be reached through.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct PeerAddr {
     /// The device, i.e. the ed25519 key the endpoint authenticates with.
     pub id: DeviceId,
     /// UDP addresses the endpoint listens on.
     pub addrs: Vec<SocketAddr>,
+    /// `flyt-relay` base URLs (`http://host:port`) whose `/relay` may carry the connection.
+    #[serde(default)]
+    pub relays: Vec<String>,
 }
 
 impl PeerAddr {
-    fn to_iroh(&self) -> Result<EndpointAddr, NetError> {
+    /// A peer from the address strings tickets and the database carry: `ip:port` entries are
+    /// direct addresses, `http(s)://` entries relays; anything else is skipped (a newer node's
+    /// kind of address).
+    pub fn parse(id: DeviceId, addrs: &[String]) -> PeerAddr {
+        let mut p = PeerAddr {
+            id,
+            addrs: Vec::new(),
+            relays: Vec::new(),
+        };
+        for a in addrs {
+            if let Ok(ip) = a.parse() {
+                p.addrs.push(ip);
+            } else if relay_url(a).is_ok() {
+                p.relays.push(a.clone());
+            }
+        }
+        p
+    }
+
+    fn to_iroh(&self, relays: &[RelayUrl]) -> Result<EndpointAddr, NetError> {
         let key =
             iroh::PublicKey::from_bytes(&self.id.0).map_err(|_| NetError::BadPeerId(self.id))?;
         Ok(EndpointAddr::from_parts(
             key,
-            self.addrs.iter().copied().map(TransportAddr::Ip),
+            self.addrs
+                .iter()
+                .copied()
+                .map(TransportAddr::Ip)
+                .chain(relays.iter().cloned().map(TransportAddr::Relay)),
         ))
     }
+}
+
+/// A `flyt-relay` base URL as iroh's relay client wants it (it dials `/relay` on it).
+pub fn relay_url(url: &str) -> Result<RelayUrl, NetError> {
+    let bad = || NetError::BadRelayUrl { url: url.into() };
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(bad());
+    }
+    url.parse::<RelayUrl>().map_err(|_| bad())
 }
 
 fn device_id(id: iroh::EndpointId) -> DeviceId {
@@ -219,6 +270,8 @@ fn device_id(id: iroh::EndpointId) -> DeviceId {
 pub struct Transport {
     endpoint: Endpoint,
     id: DeviceId,
+    /// Relays added with [`Transport::add_relay`], offered on every dial.
+    relays: StdMutex<Vec<RelayUrl>>,
     incoming: Mutex<mpsc::Receiver<Result<Conn, NetError>>>,
     cancel: CancellationToken,
     accept_task: StdMutex<Option<AbortOnDropHandle<()>>>,
@@ -227,7 +280,8 @@ pub struct Transport {
 impl Transport {
     /// Binds an endpoint whose key is this device's ed25519 secret: the endpoint id equals the
     /// device's [`DeviceId`]. `bind` is the one UDP address to listen on (e.g. `127.0.0.1:0`,
-    /// or `0.0.0.0:0` for every interface). No relay, no address lookup, no port mapping.
+    /// or `0.0.0.0:0` for every interface). No address lookup, no port mapping, and no relay
+    /// until [`Transport::add_relay`].
     ///
     /// An explicit address (port not 0) that is in use is retried for up to [`REBIND_GRACE`]:
     /// iroh lets go of a closed endpoint's socket from its background tasks, a moment after
@@ -237,7 +291,7 @@ impl Transport {
         let deadline = tokio::time::Instant::now() + REBIND_GRACE;
         let mut pause = Duration::from_millis(1);
         loop {
-            match Self::bind_once(device_secret, bind).await {
+            match Self::bind_once(device_secret, Some(bind)).await {
                 Err(e)
                     if bind.port() != 0
                         && e.is_addr_in_use()
@@ -252,16 +306,34 @@ impl Transport {
         }
     }
 
-    async fn bind_once(device_secret: [u8; 32], bind: SocketAddr) -> Result<Transport, NetError> {
+    /// An endpoint with no UDP socket of its own: it reaches peers, and is reached, only through
+    /// relays ([`Transport::add_relay`]). What a node behind a NAT that drops all unsolicited
+    /// traffic amounts to; the tests use it to prove the relay path works with no direct one.
+    pub async fn bind_relay_only(device_secret: [u8; 32]) -> Result<Transport, NetError> {
+        Self::bind_once(device_secret, None).await
+    }
+
+    async fn bind_once(
+        device_secret: [u8; 32],
+        bind: Option<SocketAddr>,
+    ) -> Result<Transport, NetError> {
         let bind_err = |e: Box<dyn std::error::Error + Send + Sync>| NetError::Bind {
-            addr: bind,
+            addr: bind.unwrap_or(LOOPBACK_ANY),
             source: e,
         };
-        let endpoint = Endpoint::builder(presets::Minimal)
-            .relay_mode(RelayMode::Disabled)
+        // A relay transport with an empty map: relays come from the workspace (add_relay).
+        let builder = Endpoint::builder(presets::Minimal)
+            .relay_mode(RelayMode::Custom(RelayMap::empty()))
             .clear_address_lookup()
             .portmapper_config(PortmapperConfig::Disabled)
-            .net_report_config(NetReportConfig::minimal())
+            // Latency probes (`GET /ping`) go only to the relays in the map, which are our
+            // workspaces' own: they pick the home relay. No captive-portal check (that would
+            // reach out to the internet).
+            .net_report_config({
+                let mut c = NetReportConfig::minimal();
+                c.https_probes = true;
+                c
+            })
             .secret_key(SecretKey::from_bytes(&device_secret))
             .alpns(vec![ALPN.to_vec()])
             // The one stream is all a peer may open: further streams would only hold memory.
@@ -271,12 +343,12 @@ impl Transport {
                     .max_concurrent_uni_streams(0u32.into())
                     .build(),
             )
-            .clear_ip_transports()
-            .bind_addr(bind)
-            .map_err(|e| bind_err(Box::new(e)))?
-            .bind()
-            .await
-            .map_err(|e| bind_err(Box::new(e)))?;
+            .clear_ip_transports();
+        let builder = match bind {
+            Some(bind) => builder.bind_addr(bind).map_err(|e| bind_err(Box::new(e)))?,
+            None => builder,
+        };
+        let endpoint = builder.bind().await.map_err(|e| bind_err(Box::new(e)))?;
         let id = device_id(endpoint.id());
         let (tx, rx) = mpsc::channel(ACCEPT_QUEUE);
         let cancel = CancellationToken::new();
@@ -288,6 +360,7 @@ impl Transport {
         Ok(Transport {
             endpoint,
             id,
+            relays: StdMutex::new(Vec::new()),
             incoming: Mutex::new(rx),
             cancel,
             accept_task: StdMutex::new(Some(AbortOnDropHandle::new(task))),
@@ -311,7 +384,51 @@ impl Transport {
                 .filter(|a| !a.ip().is_unspecified())
                 .collect();
         }
-        PeerAddr { id: self.id, addrs }
+        let relays = self
+            .relays
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .map(|u| u.to_string().trim_end_matches('/').to_string())
+            .collect();
+        PeerAddr {
+            id: self.id,
+            addrs,
+            relays,
+        }
+    }
+
+    /// Adds a `flyt-relay` (its base URL, `http://host:port`): the endpoint keeps a connection
+    /// to it (its home relay) so peers can reach it there, and every dial offers it. `token`
+    /// goes to the relay as its bearer token (a joiner's invite ticket: the relay admits only
+    /// members' devices, and devices holding a valid invite). Adding a relay again replaces its
+    /// token. Returns whether it was new.
+    pub async fn add_relay(&self, url: &str, token: Option<String>) -> Result<bool, NetError> {
+        let url = relay_url(url)?;
+        let new = {
+            let mut relays = self.relays.lock().expect("not poisoned");
+            let new = !relays.contains(&url);
+            if new {
+                relays.push(url.clone());
+            }
+            new
+        };
+        let mut config = RelayConfig::new(url.clone(), None);
+        config.auth_token = token;
+        if new || config.auth_token.is_some() {
+            self.endpoint.insert_relay(url, config.into()).await;
+        }
+        Ok(new)
+    }
+
+    /// Stops using a relay (the workspace removed it).
+    pub async fn remove_relay(&self, url: &str) {
+        let Ok(url) = relay_url(url) else { return };
+        self.relays
+            .lock()
+            .expect("not poisoned")
+            .retain(|u| *u != url);
+        self.endpoint.remove_relay(&url).await;
     }
 
     /// The next incoming connection that completed the handshake with our ALPN and opened its
@@ -327,7 +444,13 @@ impl Transport {
     /// the module docs).
     pub async fn dial(&self, to: &PeerAddr, timeout: Duration) -> Result<Conn, NetError> {
         let peer = to.id;
-        let addr = to.to_iroh()?;
+        for r in &to.relays {
+            if let Err(e) = self.add_relay(r, None).await {
+                debug!(remote = %peer, "skipping a relay: {e}");
+            }
+        }
+        let relays = self.relays.lock().expect("not poisoned").clone();
+        let addr = to.to_iroh(&relays)?;
         if self.endpoint.is_closed() {
             return Err(NetError::EndpointClosed);
         }
@@ -849,7 +972,7 @@ mod tests {
                 .bind()
                 .await
                 .unwrap();
-            let to = b.addr().to_iroh().unwrap();
+            let to = b.addr().to_iroh(&[]).unwrap();
             assert!(raw.connect(to, b"not-flyt/1").await.is_err());
 
             // The refused connection never reached `accept`: the next one is `a`'s.
@@ -920,6 +1043,30 @@ mod tests {
     }
 
     #[test]
+    fn address_strings_split_into_direct_addresses_and_relays() {
+        let id = device(secret(9));
+        let p = PeerAddr::parse(
+            id,
+            &[
+                "127.0.0.1:4433".into(),
+                "http://relay.example:8787".into(),
+                "https://relay.example".into(),
+                "ftp://nope".into(),
+                "not an address".into(),
+            ],
+        );
+        assert_eq!(p.addrs, vec!["127.0.0.1:4433".parse().unwrap()]);
+        assert_eq!(
+            p.relays,
+            vec!["http://relay.example:8787", "https://relay.example"]
+        );
+        assert!(matches!(
+            relay_url("relay.example:8787"),
+            Err(NetError::BadRelayUrl { .. })
+        ));
+    }
+
+    #[test]
     fn peer_addrs_round_trip_through_serde() {
         let p = PeerAddr {
             id: device(secret(9)),
@@ -927,6 +1074,7 @@ mod tests {
                 "127.0.0.1:4433".parse().unwrap(),
                 "[::1]:9".parse().unwrap(),
             ],
+            relays: vec!["http://127.0.0.1:8787".into()],
         };
         let json = serde_json::to_string(&p).unwrap();
         assert_eq!(serde_json::from_str::<PeerAddr>(&json).unwrap(), p);

@@ -456,6 +456,13 @@ impl Node {
             })
             .await??;
         let to_dial = peer_addr(t.payload.inviter, &t.payload.addrs);
+        // The workspace's relays admit a device that is not a member yet when it shows them
+        // the invite (they check its signature and expiry).
+        for r in &to_dial.relays {
+            self.transport
+                .add_relay(r, Some(ticket.trim().to_owned()))
+                .await?;
+        }
         let conn = self.transport.dial(&to_dial, DIAL_TIMEOUT).await?;
         let (up_tx, up_rx) = oneshot::channel();
         let join = Frame::Join {
@@ -628,10 +635,7 @@ pub async fn link_device(
 
 /// A ticket's device and addresses (as text; unparsable ones are skipped).
 fn peer_addr(id: DeviceId, addrs: &[String]) -> PeerAddr {
-    PeerAddr {
-        id,
-        addrs: addrs.iter().filter_map(|a| a.parse().ok()).collect(),
-    }
+    PeerAddr::parse(id, addrs)
 }
 
 static CONN_IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);

@@ -509,14 +509,20 @@ impl Store {
     }
 
     /// Issues an invite ticket to the current workspace (owners and admins), valid for `ttl_ms`,
-    /// naming `addrs` as where this node listens.
+    /// naming `addrs` as where this node listens, and the workspace's relays (through which the
+    /// joiner reaches us when no direct path does).
     pub fn invite(
         &mut self,
         role: Role,
         ttl_ms: i64,
-        addrs: Vec<String>,
+        mut addrs: Vec<String>,
     ) -> Result<String, StoreError> {
         let ws = self.require_workspace()?;
+        for (_, l) in self.read_view(ws)?.relays {
+            if !addrs.contains(&l.url) {
+                addrs.push(l.url);
+            }
+        }
         let me = self.identity()?.clone();
         let mine = self.my_role(ws)?;
         if mine < Role::Admin {
@@ -802,10 +808,10 @@ impl Store {
         let mut out = Vec::new();
         for ws in workspaces {
             for (id, l) in self.read_view(ws.parse()?)?.relays {
-                out.push(crate::net::PeerAddr {
-                    id,
-                    addrs: l.addrs.iter().filter_map(|a| a.parse().ok()).collect(),
-                });
+                let mut to = crate::net::PeerAddr::parse(id, &l.addrs);
+                // The relay is also where members' nodes reach each other (its `/relay`).
+                to.relays.push(l.url);
+                out.push(to);
             }
         }
         Ok(out)

@@ -1,4 +1,4 @@
-//! The relay's HTTP face: `GET /info`, `/healthz`, `/readyz`, `/metrics`, `POST /join`, one
+//! The relay's HTTP face: `GET /info`, `/healthz`, `/readyz`, `/metrics`, `/ping`, `POST /join`, one
 //! [`AppError`] for every failure, a request timeout and a span per request.
 //!
 //! Embedders merge more routes into [`app`]'s router (see the crate docs).
@@ -97,6 +97,8 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/info", get(info))
         .route("/healthz", get(healthz))
+        // iroh's latency probe for `/relay` (see crate::nat): how nodes pick their home relay.
+        .route("/ping", get(|| async { StatusCode::OK }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/join", post(join).layer(DefaultBodyLimit::max(MAX_FRAME)))

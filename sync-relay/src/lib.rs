@@ -28,9 +28,9 @@
 //!   merge your own `Router` into it before serving (see `main.rs`: `http::app(state)
 //!   .merge(more)`), with `state.relay` ([`runtime::RelayHandle`]) in hand.
 //! - **Another framing of the same engine** (WebSocket `/sync`): after authenticating a device,
-//!   [`runtime::RelayHandle::open`] gives a [`runtime::Session`]: feed it the peer's frames with
-//!   [`runtime::Session::frame`], send what arrives on [`runtime::Session::outgoing`]; dropping
-//!   it ends the session (its sync states are saved).
+//!   [`runtime::RelayHandle::open`] gives a [`runtime::Session`] and the receiver of the frames
+//!   for the peer: feed the session the peer's frames with [`runtime::Session::frame`], send
+//!   what arrives on the receiver; dropping the session ends it (its sync states are saved).
 #![deny(missing_docs)]
 
 pub mod api;
@@ -38,6 +38,7 @@ pub mod archive;
 pub mod config;
 pub mod http;
 pub mod metrics;
+pub mod nat;
 pub mod runtime;
 pub mod store;
 pub mod ws;

@@ -350,6 +350,13 @@ impl Relay {
         if let Some(routes) = ext.routes {
             router = router.merge(routes(&state));
         }
+        // One port for both: `/relay` connections go to iroh's relay service (crate::nat).
+        let listener = crate::nat::SplitListener::new(
+            listener,
+            crate::nat::service(handle.clone()),
+            cancel.clone(),
+        )
+        .map_err(RelayError::Http)?;
         {
             let cancel = cancel.clone();
             tasks.spawn(async move {

@@ -220,6 +220,31 @@ impl RelayStore {
         v
     }
 
+    /// Whether `device` may use the relay's `/relay` (iroh's relay protocol): it belongs to a
+    /// current member of a served workspace, or `invite` is a valid, unexpired invite ticket to
+    /// a served workspace, issued by a current owner's or admin's device (a joiner on its way in).
+    pub fn admits(&self, device: &DeviceId, invite: Option<&str>) -> bool {
+        let served = || {
+            self.views
+                .iter()
+                .filter(|(id, v)| serves(self.me, self.allowed.as_slice(), id, v))
+        };
+        let member_of =
+            |v: &WorkspaceView, d: &DeviceId| v.device_person(d).is_some_and(|p| v.is_member(&p));
+        if served().any(|(_, v)| member_of(v, device)) {
+            return true;
+        }
+        let Some(ticket) = invite else { return false };
+        let Ok(t) = crdt_model::invite::decode(ticket, peer::now_ms()) else {
+            return false;
+        };
+        served().any(|(id, v)| {
+            *id == t.payload.workspace
+                && v.device_person(&t.payload.inviter)
+                    .is_some_and(|p| v.role(&p).is_some_and(|r| r >= crdt_model::Role::Admin))
+        })
+    }
+
     /// Every document held, with its kind and place.
     pub fn list(&self) -> Vec<(DocId, DocMeta)> {
         let mut v: Vec<(DocId, DocMeta)> =

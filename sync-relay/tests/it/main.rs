@@ -4,4 +4,5 @@
 mod archive;
 mod common;
 mod http;
+mod nat;
 mod sync;
