@@ -504,10 +504,6 @@ pub struct PeerView {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 #[non_exhaustive]
-#[expect(
-    clippy::large_enum_variant,
-    reason = "nearly every event is a message: boxing would only add an allocation each"
-)]
 pub enum ApiEvent {
     /// A message appeared or changed (new, edited, deleted, reacted, reply count), local or
     /// remote.
