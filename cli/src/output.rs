@@ -368,6 +368,35 @@ impl Out {
             "data     {} workspaces, {} channels, {} buckets, {} messages",
             st.workspaces, st.channels, st.buckets, st.messages
         )?;
+        if let Some(live) = live {
+            let cu = live.catching_up;
+            let state = if cu.done == cu.total {
+                "in sync".to_owned()
+            } else {
+                format!(
+                    "catching up ({} of {} documents in sync)",
+                    cu.done, cu.total
+                )
+            };
+            let n = live.peers.iter().filter(|p| p.connected).count();
+            let peers = if n == 1 { "peer" } else { "peers" };
+            writeln!(self.out, "online   {n} {peers} connected, {state}")?;
+            for p in live.peers.iter().filter(|p| p.connected) {
+                let last = p
+                    .last_sync_ts
+                    .and_then(local)
+                    .map(|t| t.strftime("%H:%M:%S").to_string())
+                    .unwrap_or_else(|| "never".into());
+                writeln!(
+                    self.out,
+                    "live     {:<12} {}  {} in sync, {} behind, last sync {last}",
+                    p.name.as_deref().unwrap_or("?"),
+                    &p.device[..12.min(p.device.len())],
+                    p.docs_in_sync,
+                    p.docs_behind,
+                )?;
+            }
+        }
         if st.peers.is_empty() {
             writeln!(self.out, "peers    none yet")?;
         }

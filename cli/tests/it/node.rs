@@ -197,6 +197,12 @@ fn a_second_terminal_sends_through_the_running_node() {
     let cu = &st["live"]["catching_up"];
     assert!(cu["total"].as_u64().unwrap() >= 1, "{st:#}");
     assert!(cu["done"].as_u64().unwrap() <= cu["total"].as_u64().unwrap());
+    let text = alice.ok(&["status"]);
+    assert!(text.contains("1 peer connected"), "{text}");
+    assert!(
+        text.lines().any(|l| l.starts_with("live     bob")),
+        "{text}"
+    );
 
     // Bob's node stops: his presence goes offline in alice's tail, and she is not online.
     let mut atail = Running::start(&alice, &["--json", "tail", "general"]);
