@@ -353,12 +353,12 @@ async fn stream_events(
     // Subscribed: first who is around now, so the client knows it hears what follows.
     let mut buf = Vec::new();
     if let Ok(Value::Array(members)) = api.handle(Request::Members).await {
-        for m in members.iter().filter(|m| m["online"] == true) {
+        for m in members.iter().filter(|m| m["online"] != "offline") {
             let ev = json!({
                 "type": "presence",
                 "person": m["person"],
                 "name": m["name"],
-                "state": m["presence"],
+                "state": m["online"],
             });
             serde_json::to_writer(&mut buf, &ev).expect("events serialize");
             buf.push(b'\n');

@@ -453,10 +453,9 @@ pub struct MemberView {
     pub name: String,
     /// owner, admin or member.
     pub role: String,
-    /// One of their devices is online or away right now (heard from over a connection).
-    pub online: bool,
-    /// `online`, `away` or `offline`.
-    pub presence: String,
+    /// `online` or `away` while one of their devices is connected and says so (the liveliest
+    /// device counts), else `offline`.
+    pub online: String,
 }
 
 /// What the node is doing.
@@ -523,8 +522,8 @@ pub enum ApiEvent {
         channel: String,
         /// Person key.
         person: String,
-        /// Display name, if known.
-        name: Option<String>,
+        /// Display name (the start of their key if unknown).
+        name: String,
         /// The device they type on.
         device: String,
         /// When to stop showing it, ms.
@@ -534,8 +533,8 @@ pub enum ApiEvent {
     Presence {
         /// Person key.
         person: String,
-        /// Display name, if known.
-        name: Option<String>,
+        /// Display name (the start of their key if unknown).
+        name: String,
         /// The device.
         device: String,
         /// `online`, `away` or `offline`.
@@ -976,6 +975,14 @@ fn channel_view(s: &Store, c: ChannelRow) -> Result<ChannelView, StoreError> {
     })
 }
 
+/// A person's display name, or the start of their key.
+fn display_name(s: &Store, person: &crdt_model::PersonId) -> String {
+    s.person_name(person).unwrap_or_else(|| {
+        let k = person.to_string();
+        k[..8.min(k.len())].to_owned()
+    })
+}
+
 /// Presence of devices, as [`Node::presence`] reports it.
 type PresenceMap = HashMap<DeviceId, (crdt_model::PersonId, crdt_model::signed::Presence)>;
 
@@ -1001,8 +1008,7 @@ fn members(s: &Store, presence: &PresenceMap) -> Result<Vec<MemberView>, StoreEr
         .map(|m| {
             let p = person_presence(presence, &m.key);
             MemberView {
-                online: p != crdt_model::signed::Presence::Offline,
-                presence: p.as_str().to_owned(),
+                online: p.as_str().to_owned(),
                 person: m.key,
                 name: m.name,
                 role: m.role,
@@ -1114,7 +1120,7 @@ impl Pending {
                     at_ms,
                 } => out.push(ApiEvent::Typing {
                     channel: channel.to_string(),
-                    name: s.person_name(&person),
+                    name: display_name(s, &person),
                     person: person.to_string(),
                     device: device.to_string(),
                     expires_ts: at_ms + crate::node::TYPING_TTL.as_millis() as i64,
@@ -1126,7 +1132,7 @@ impl Pending {
                 } => {
                     members = true;
                     out.push(ApiEvent::Presence {
-                        name: s.person_name(&person),
+                        name: display_name(s, &person),
                         person: person.to_string(),
                         device: device.to_string(),
                         state: state.as_str().to_owned(),
