@@ -4,6 +4,7 @@
 //! per command for scripts. Errors go to stderr as one line and exit with status 1 (usage
 //! errors: 2); nothing is changed by a command that fails.
 
+mod control;
 mod net;
 mod output;
 mod relay;
@@ -143,6 +144,12 @@ enum Command {
     },
     /// Show this home's node, peers and documents.
     Status,
+    /// Tell the members who can see a channel that you are typing (for about 5 seconds;
+    /// needs `flyt serve` running).
+    Typing {
+        /// Channel: `general`, `#general`, a channel id or a DM (`@bob`).
+        channel: String,
+    },
     /// Link another device of yours: `device link` here, `device join TICKET` there.
     #[command(subcommand)]
     Device(DeviceCmd),
@@ -332,88 +339,54 @@ fn create_private_dir(dir: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
+/// How a command reaches this home's storage: directly (no node runs), or through the running
+/// node's control socket, whose store thread then runs each step (see `control`).
+pub trait Access {
+    /// Runs `f` against the store.
+    fn with<R: Send + 'static>(
+        &mut self,
+        f: impl FnOnce(&mut Store) -> Result<R> + Send + 'static,
+    ) -> Result<R>;
+}
+
+impl Access for Store {
+    fn with<R: Send + 'static>(
+        &mut self,
+        f: impl FnOnce(&mut Store) -> Result<R> + Send + 'static,
+    ) -> Result<R> {
+        f(self)
+    }
+}
+
 fn run(cli: Cli, out: &mut output::Out) -> Result<()> {
     let home = match cli.home {
         Some(h) => h,
         None => default_home()?,
     };
+    create_private_dir(&home)?;
+    // While `flyt serve` runs, it does every command (it alone writes the database).
+    let via_node = !matches!(
+        cli.command,
+        Command::Serve { .. } | Command::Device(DeviceCmd::Join { .. }) | Command::Tail { .. }
+    );
+    if via_node && let Some(conn) = control::connect(&home)? {
+        tracing::debug!("running the command through the node's control socket");
+        return control::run_remote(conn, std::env::args().skip(1).collect(), out);
+    }
     let mut store = open(&home)?;
     match cli.command {
-        Command::Init { name } => {
-            let me = store.init(&name)?;
-            out.identity(me, &home)?;
+        Command::Serve {
+            bind,
+            ui: Some(ui),
+            ui_dir,
+        } => {
+            drop(store);
+            return net::serve(&home, bind, Some((ui, ui::ui_dir(ui_dir))), out);
         }
-        Command::Whoami => {
-            let me = store.identity()?;
-            out.identity(me, &home)?;
-        }
-        Command::Workspace(WorkspaceCmd::Create { name }) => {
+        Command::Serve { bind, .. } => {
             store.identity()?;
-            let id = store.create_workspace(&name)?;
-            out.created("workspace", &name, &id.to_string())?;
-        }
-        Command::Workspace(WorkspaceCmd::List) => {
-            let rows = store.workspaces()?;
-            out.workspaces(&rows)?;
-        }
-        Command::Workspace(WorkspaceCmd::Use { workspace }) => {
-            store.identity()?;
-            let id = store.find_workspace(&workspace)?;
-            store.use_workspace(id)?;
-            let row = store
-                .workspaces()?
-                .into_iter()
-                .find(|w| w.id == id.to_string())
-                .context("workspace vanished")?;
-            out.workspaces(std::slice::from_ref(&row))?;
-        }
-        Command::Channel(ChannelCmd::Create {
-            name,
-            topic,
-            private,
-            members,
-        }) => {
-            store.identity()?;
-            let id = if private {
-                store.create_private_channel(&name, &topic, &members)?
-            } else {
-                store.create_channel(&name, &topic, false)?
-            };
-            let name = name.trim_start_matches('#').to_owned();
-            out.created("channel", &format!("#{name}"), &id.to_string())?;
-        }
-        Command::Channel(ChannelCmd::List) => {
-            store.identity()?;
-            let rows = store.channels()?;
-            out.channels(&rows)?;
-        }
-        Command::Channel(ChannelCmd::Add { channel, names }) => {
-            store.identity()?;
-            let ch = store.find_channel(&channel)?;
-            store.channel_add(ch, &names)?;
-            out.members(&store.channel_members(ch)?)?;
-        }
-        Command::Channel(ChannelCmd::Kick { channel, name }) => {
-            store.identity()?;
-            let ch = store.find_channel(&channel)?;
-            store.channel_kick(ch, &name)?;
-            out.members(&store.channel_members(ch)?)?;
-        }
-        Command::Channel(ChannelCmd::Members { channel }) => {
-            store.identity()?;
-            let ch = store.find_channel(&channel)?;
-            out.members(&store.channel_members(ch)?)?;
-        }
-        Command::Device(DeviceCmd::Link { expires }) => {
-            store.identity()?;
-            let addrs = store.listen_addrs()?;
-            if addrs.is_empty() {
-                anyhow::bail!(
-                    "no node is running for this home: start `flyt serve` first, so the ticket says where to reach you"
-                );
-            }
-            let ticket = store.link_ticket(expires.as_millis() as i64, addrs)?;
-            out.ticket(&ticket)?;
+            drop(store);
+            return net::serve(&home, bind, None, out);
         }
         Command::Device(DeviceCmd::Join { ticket, bind }) => {
             if let Ok(me) = store.identity() {
@@ -425,90 +398,6 @@ fn run(cli: Cli, out: &mut output::Out) -> Result<()> {
             drop(store);
             return net::device_join(&home, &ticket, bind, out);
         }
-        Command::Device(DeviceCmd::List) => {
-            store.identity()?;
-            out.devices(&store.devices()?)?;
-        }
-        Command::Dm { names, text } => {
-            store.identity()?;
-            let ch = store.open_dm(&names)?;
-            let msg = store.post(ch, &text, None, None)?;
-            out.sent(&msg)?;
-        }
-        Command::Member(MemberCmd::List) => {
-            store.identity()?;
-            let rows = store.members()?;
-            out.members(&rows)?;
-        }
-        Command::Member(MemberCmd::Role { name, role }) => {
-            store.identity()?;
-            let role: crdt_model::Role = match role.as_str() {
-                "admin" | "member" => role.parse()?,
-                _ => anyhow::bail!("a role is admin or member (got {role:?})"),
-            };
-            store.set_role(&name, role)?;
-            out.members(&store.members()?)?;
-        }
-        Command::Member(MemberCmd::Remove { name }) => {
-            store.identity()?;
-            store.set_role(&name, crdt_model::Role::Removed)?;
-            out.members(&store.members()?)?;
-        }
-        Command::Relay(RelayCmd::Add { url }) => {
-            store.identity()?;
-            let url = url.trim_end_matches('/').to_owned();
-            let info = relay::info(&url)?;
-            let ws = store.add_relay(&url, info.id, info.addrs)?;
-            relay::join(&url, &store.workspace_save(ws)?)?;
-            out.relays(&store.relays()?)?;
-        }
-        Command::Relay(RelayCmd::List) => {
-            store.identity()?;
-            out.relays(&store.relays()?)?;
-        }
-        Command::Relay(RelayCmd::Remove { url }) => {
-            store.identity()?;
-            let removed = store
-                .relays()?
-                .into_iter()
-                .find(|(id, l)| l.url == url.trim_end_matches('/') || id.to_string() == url);
-            let ws = store.remove_relay(&url)?;
-            // Members' nodes stop talking to the relay at once, so tell it directly.
-            if let Some((_, l)) = removed {
-                relay::join(&l.url, &store.workspace_save(ws)?).with_context(|| {
-                    format!("removed here, but {} was not told and still serves the workspace; run this again when it is reachable", l.url)
-                })?;
-            }
-            out.relays(&store.relays()?)?;
-        }
-        Command::Serve {
-            bind,
-            ui: Some(ui),
-            ui_dir,
-        } => {
-            drop(store);
-            return net::serve_ui(&home, bind, ui, ui::ui_dir(ui_dir), out);
-        }
-        Command::Serve { bind, .. } => {
-            store.identity()?;
-            drop(store);
-            return net::serve(&home, bind, out);
-        }
-        Command::Invite { expires, role } => {
-            store.identity()?;
-            let role: crdt_model::Role = match role.as_str() {
-                "admin" | "member" => role.parse()?,
-                _ => anyhow::bail!("an invite grants admin or member (got {role:?})"),
-            };
-            let addrs = store.listen_addrs()?;
-            if addrs.is_empty() {
-                anyhow::bail!(
-                    "no node is running for this home: start `flyt serve` first, so the ticket says where to reach you"
-                );
-            }
-            let ticket = store.invite(role, expires.as_millis() as i64, addrs)?;
-            out.ticket(&ticket)?;
-        }
         Command::Join { ticket, bind } => {
             store.identity()?;
             drop(store);
@@ -517,11 +406,233 @@ fn run(cli: Cli, out: &mut output::Out) -> Result<()> {
         Command::Tail { channel } => {
             store.identity()?;
             let ch = store.find_channel(&channel)?;
-            return net::tail(store, ch, out);
+            return net::tail(store, &home, ch, out);
+        }
+        Command::Typing { .. } => {
+            store.identity()?;
+            anyhow::bail!(
+                "no node is running for this home: typing goes to peers, so start `flyt serve` first"
+            );
+        }
+        cmd => exec(&mut store, &home, cmd, out)?,
+    }
+    // Idle-time upkeep after the answer is out: the user never waits for it, and a failure here
+    // loses nothing (the next run tries again).
+    if let Err(e) = store.maintain() {
+        tracing::warn!("storage upkeep failed: {e:#}");
+    }
+    Ok(())
+}
+
+/// Every command that works on storage alone, whoever runs it: this process on its own
+/// `Store`, or the running node for a `flyt` process on the control socket.
+fn exec<A: Access>(
+    a: &mut A,
+    home: &std::path::Path,
+    cmd: Command,
+    out: &mut output::Out,
+) -> Result<()> {
+    match cmd {
+        Command::Init { name } => {
+            let me = a.with(move |s| Ok(s.init(&name)?.clone()))?;
+            out.identity(&me, home)?;
+        }
+        Command::Whoami => {
+            let me = a.with(|s| Ok(s.identity()?.clone()))?;
+            out.identity(&me, home)?;
+        }
+        Command::Workspace(WorkspaceCmd::Create { name }) => {
+            let (name, id) = a.with(move |s| {
+                s.identity()?;
+                let id = s.create_workspace(&name)?;
+                Ok((name, id))
+            })?;
+            out.created("workspace", &name, &id.to_string())?;
+        }
+        Command::Workspace(WorkspaceCmd::List) => {
+            let rows = a.with(|s| Ok(s.workspaces()?))?;
+            out.workspaces(&rows)?;
+        }
+        Command::Workspace(WorkspaceCmd::Use { workspace }) => {
+            let row = a.with(move |s| {
+                s.identity()?;
+                let id = s.find_workspace(&workspace)?;
+                s.use_workspace(id)?;
+                s.workspaces()?
+                    .into_iter()
+                    .find(|w| w.id == id.to_string())
+                    .context("workspace vanished")
+            })?;
+            out.workspaces(std::slice::from_ref(&row))?;
+        }
+        Command::Channel(ChannelCmd::Create {
+            name,
+            topic,
+            private,
+            members,
+        }) => {
+            let name = name.trim_start_matches('#').to_owned();
+            let n = name.clone();
+            let id = a.with(move |s| {
+                s.identity()?;
+                Ok(if private {
+                    s.create_private_channel(&n, &topic, &members)?
+                } else {
+                    s.create_channel(&n, &topic, false)?
+                })
+            })?;
+            out.created("channel", &format!("#{name}"), &id.to_string())?;
+        }
+        Command::Channel(ChannelCmd::List) => {
+            let rows = a.with(|s| {
+                s.identity()?;
+                Ok(s.channels()?)
+            })?;
+            out.channels(&rows)?;
+        }
+        Command::Channel(ChannelCmd::Add { channel, names }) => {
+            let rows = a.with(move |s| {
+                s.identity()?;
+                let ch = s.find_channel(&channel)?;
+                s.channel_add(ch, &names)?;
+                Ok(s.channel_members(ch)?)
+            })?;
+            out.members(&rows)?;
+        }
+        Command::Channel(ChannelCmd::Kick { channel, name }) => {
+            let rows = a.with(move |s| {
+                s.identity()?;
+                let ch = s.find_channel(&channel)?;
+                s.channel_kick(ch, &name)?;
+                Ok(s.channel_members(ch)?)
+            })?;
+            out.members(&rows)?;
+        }
+        Command::Channel(ChannelCmd::Members { channel }) => {
+            let rows = a.with(move |s| {
+                s.identity()?;
+                let ch = s.find_channel(&channel)?;
+                Ok(s.channel_members(ch)?)
+            })?;
+            out.members(&rows)?;
+        }
+        Command::Device(DeviceCmd::Link { expires }) => {
+            let ticket = a.with(move |s| {
+                s.identity()?;
+                let addrs = s.listen_addrs()?;
+                if addrs.is_empty() {
+                    anyhow::bail!(
+                        "no node is running for this home: start `flyt serve` first, so the ticket says where to reach you"
+                    );
+                }
+                Ok(s.link_ticket(expires.as_millis() as i64, addrs)?)
+            })?;
+            out.ticket(&ticket)?;
+        }
+        Command::Device(DeviceCmd::List) => {
+            let rows = a.with(|s| {
+                s.identity()?;
+                Ok(s.devices()?)
+            })?;
+            out.devices(&rows)?;
+        }
+        Command::Dm { names, text } => {
+            let msg = a.with(move |s| {
+                s.identity()?;
+                let ch = s.open_dm(&names)?;
+                Ok(s.post(ch, &text, None, None)?)
+            })?;
+            out.sent(&msg)?;
+        }
+        Command::Member(MemberCmd::List) => {
+            let rows = a.with(|s| {
+                s.identity()?;
+                Ok(s.members()?)
+            })?;
+            out.members(&rows)?;
+        }
+        Command::Member(MemberCmd::Role { name, role }) => {
+            let role: crdt_model::Role = match role.as_str() {
+                "admin" | "member" => role.parse()?,
+                _ => anyhow::bail!("a role is admin or member (got {role:?})"),
+            };
+            let rows = a.with(move |s| {
+                s.identity()?;
+                s.set_role(&name, role)?;
+                Ok(s.members()?)
+            })?;
+            out.members(&rows)?;
+        }
+        Command::Member(MemberCmd::Remove { name }) => {
+            let rows = a.with(move |s| {
+                s.identity()?;
+                s.set_role(&name, crdt_model::Role::Removed)?;
+                Ok(s.members()?)
+            })?;
+            out.members(&rows)?;
+        }
+        Command::Relay(RelayCmd::Add { url }) => {
+            a.with(|s| Ok(s.identity().map(|_| ())?))?;
+            let url = url.trim_end_matches('/').to_owned();
+            let info = relay::info(&url)?;
+            let u = url.clone();
+            let saved = a.with(move |s| {
+                let ws = s.add_relay(&u, info.id, info.addrs)?;
+                Ok(s.workspace_save(ws)?)
+            })?;
+            relay::join(&url, &saved)?;
+            let rows = a.with(|s| Ok(s.relays()?))?;
+            out.relays(&rows)?;
+        }
+        Command::Relay(RelayCmd::List) => {
+            let rows = a.with(|s| {
+                s.identity()?;
+                Ok(s.relays()?)
+            })?;
+            out.relays(&rows)?;
+        }
+        Command::Relay(RelayCmd::Remove { url }) => {
+            let (removed, saved) = a.with(move |s| {
+                s.identity()?;
+                let removed = s
+                    .relays()?
+                    .into_iter()
+                    .find(|(id, l)| l.url == url.trim_end_matches('/') || id.to_string() == url);
+                let ws = s.remove_relay(&url)?;
+                Ok((removed, s.workspace_save(ws)?))
+            })?;
+            // Members' nodes stop talking to the relay at once, so tell it directly.
+            if let Some((_, l)) = removed {
+                relay::join(&l.url, &saved).with_context(|| {
+                    format!("removed here, but {} was not told and still serves the workspace; run this again when it is reachable", l.url)
+                })?;
+            }
+            let rows = a.with(|s| Ok(s.relays()?))?;
+            out.relays(&rows)?;
+        }
+        Command::Invite { expires, role } => {
+            let role: crdt_model::Role = match role.as_str() {
+                "admin" | "member" => role.parse()?,
+                _ => anyhow::bail!("an invite grants admin or member (got {role:?})"),
+            };
+            let ticket = a.with(move |s| {
+                s.identity()?;
+                let addrs = s.listen_addrs()?;
+                if addrs.is_empty() {
+                    anyhow::bail!(
+                        "no node is running for this home: start `flyt serve` first, so the ticket says where to reach you"
+                    );
+                }
+                Ok(s.invite(role, expires.as_millis() as i64, addrs)?)
+            })?;
+            out.ticket(&ticket)?;
         }
         Command::Status => {
-            store.identity()?;
-            out.status(&store.status()?)?;
+            let st = a.with(|s| {
+                s.identity()?;
+                Ok(s.status()?)
+            })?;
+            out.status(&st, None)?;
         }
         Command::Send {
             channel,
@@ -529,11 +640,13 @@ fn run(cli: Cli, out: &mut output::Out) -> Result<()> {
             reply_to,
             thread,
         } => {
-            store.identity()?;
-            let ch = store.find_channel(&channel)?;
-            let reply_to = reply_to.map(|r| store.resolve_message(&r)).transpose()?;
-            let thread = thread.map(|t| store.resolve_message(&t)).transpose()?;
-            let msg = store.post(ch, &text, reply_to, thread)?;
+            let msg = a.with(move |s| {
+                s.identity()?;
+                let ch = s.find_channel(&channel)?;
+                let reply_to = reply_to.map(|r| s.resolve_message(&r)).transpose()?;
+                let thread = thread.map(|t| s.resolve_message(&t)).transpose()?;
+                Ok(s.post(ch, &text, reply_to, thread)?)
+            })?;
             out.sent(&msg)?;
         }
         Command::Read {
@@ -542,28 +655,38 @@ fn run(cli: Cli, out: &mut output::Out) -> Result<()> {
             before,
             thread,
         } => {
-            store.identity()?;
-            let ch = store.find_channel(&channel)?;
-            let rows = store.read(ch, limit, before.as_deref(), thread.as_deref())?;
-            if before.is_none() && thread.is_none() {
-                store.mark_read(ch)?;
-            }
-            out.messages(&rows, thread.is_some())?;
+            let in_thread = thread.is_some();
+            let rows = a.with(move |s| {
+                s.identity()?;
+                let ch = s.find_channel(&channel)?;
+                let rows = s.read(ch, limit, before.as_deref(), thread.as_deref())?;
+                if before.is_none() && thread.is_none() {
+                    s.mark_read(ch)?;
+                }
+                Ok(rows)
+            })?;
+            out.messages(&rows, in_thread)?;
         }
         Command::Edit { id, text } => {
-            store.identity()?;
-            let msg = store.edit(&id, &text)?;
+            let msg = a.with(move |s| {
+                s.identity()?;
+                Ok(s.edit(&id, &text)?)
+            })?;
             out.message(&msg)?;
         }
         Command::Delete { id } => {
-            store.identity()?;
-            let msg = store.delete(&id)?;
+            let msg = a.with(move |s| {
+                s.identity()?;
+                Ok(s.delete(&id)?)
+            })?;
             out.message(&msg)?;
         }
         Command::React { id, emoji, remove } => {
-            store.identity()?;
             let emoji = output::shortcode(&emoji);
-            let msg = store.react(&id, &emoji, !remove)?;
+            let msg = a.with(move |s| {
+                s.identity()?;
+                Ok(s.react(&id, &emoji, !remove)?)
+            })?;
             out.message(&msg)?;
         }
         Command::Search {
@@ -571,16 +694,21 @@ fn run(cli: Cli, out: &mut output::Out) -> Result<()> {
             channel,
             limit,
         } => {
-            store.identity()?;
-            let ch = channel.map(|c| store.find_channel(&c)).transpose()?;
-            let rows = store.search(&query, ch, limit)?;
+            let q = query.clone();
+            let rows = a.with(move |s| {
+                s.identity()?;
+                let ch = channel.map(|c| s.find_channel(&c)).transpose()?;
+                Ok(s.search(&q, ch, limit)?)
+            })?;
             out.search(&rows, &query)?;
         }
-    }
-    // Idle-time upkeep after the answer is out: the user never waits for it, and a failure here
-    // loses nothing (the next run tries again).
-    if let Err(e) = store.maintain() {
-        tracing::warn!("storage upkeep failed: {e:#}");
+        Command::Serve { .. }
+        | Command::Join { .. }
+        | Command::Tail { .. }
+        | Command::Typing { .. }
+        | Command::Device(DeviceCmd::Join { .. }) => {
+            anyhow::bail!("this command needs the network; it does not run on storage alone")
+        }
     }
     Ok(())
 }

@@ -1,13 +1,16 @@
 //! The networked commands: `serve`, `join`, `tail`.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use crdt_model::DocId;
 use peer::Store;
+use peer::api::Api;
 use peer::node::{Node, NodeConfig, NodeEvent};
+use tokio_util::sync::CancellationToken;
 
 use crate::output::Out;
 
@@ -43,18 +46,82 @@ async fn stop_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
-pub fn serve(home: &Path, bind: SocketAddr, out: &mut Out) -> Result<()> {
+/// `flyt serve [--ui ADDR]`: the node behind the app's API, the control socket every other
+/// `flyt` command on this home goes through, and with `ui` the app's UI over HTTP; until
+/// Ctrl-C or SIGTERM.
+pub fn serve(
+    home: &Path,
+    bind: SocketAddr,
+    ui: Option<(SocketAddr, Result<PathBuf, String>)>,
+    out: &mut Out,
+) -> Result<()> {
+    if let Some((addr, _)) = &ui {
+        crate::ui::check_loopback(*addr)?;
+    }
     runtime()?.block_on(async {
-        let node = start(home, bind).await?;
-        let addr = node.addr();
-        out.serving(&addr.id.to_string(), &addr.addrs)?;
-        let mut events = node.subscribe();
-        let stop = stop_signal();
-        tokio::pin!(stop);
+        let mut control = crate::control::Listener::bind(home)?;
+        let http = match &ui {
+            Some((addr, _)) => {
+                let token = crate::ui::new_token();
+                let (listener, url) = crate::ui::listen(*addr, &token).await?;
+                Some((listener, url, token))
+            }
+            None => None,
+        };
+        let api = Arc::new(
+            Api::open(NodeConfig {
+                db: home.join("flyt.db"),
+                bind,
+            })
+            .await
+            .map_err(|e| anyhow::anyhow!("{}", e.message))
+            .context("starting the node")?,
+        );
+        let stop = CancellationToken::new();
+        let mut events = None;
+        let mut server = None;
+        match (http, ui) {
+            (Some((listener, url, token)), Some((_, dir))) => {
+                if let Err(why) = &dir {
+                    tracing::warn!("{why}");
+                    out.note(&format!("note: {why}; the API works, the page does not"))?;
+                }
+                out.ui_url(&url)?;
+                server = Some(tokio::spawn(crate::ui::serve(
+                    listener,
+                    api.clone(),
+                    token,
+                    dir,
+                    stop.clone(),
+                )));
+            }
+            _ => {
+                let node = api
+                    .node()
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{}", e.message))
+                    .context("starting the node")?;
+                let addr = node.addr();
+                out.serving(&addr.id.to_string(), &addr.addrs)?;
+                events = Some(node.subscribe());
+            }
+        }
+        let control = {
+            let (api, home, stop) = (api.clone(), home.to_owned(), stop.clone());
+            tokio::spawn(async move { control.serve(api, home, stop).await })
+        };
+        let signal = stop_signal();
+        tokio::pin!(signal);
         loop {
+            let ev = async {
+                match events.as_mut() {
+                    Some(e) => e.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
-                _ = &mut stop => break,
-                ev = events.recv() => match ev {
+                _ = &mut signal => break,
+                ev = ev => match ev {
                     Ok(NodeEvent::PeerUp(p)) => out.peer_event("connected", &p.to_string())?,
                     Ok(NodeEvent::PeerDown(p)) => out.peer_event("disconnected", &p.to_string())?,
                     Ok(_) => {}
@@ -64,28 +131,16 @@ pub fn serve(home: &Path, bind: SocketAddr, out: &mut Out) -> Result<()> {
             }
         }
         out.note("stopping: saving sync state…")?;
-        node.shutdown().await;
+        stop.cancel();
+        if let Err(e) = control.await {
+            tracing::warn!("control socket task: {e}");
+        }
+        if let Some(s) = server {
+            s.await.context("the UI server task")??;
+        }
+        api.shutdown().await;
         Ok(())
     })
-}
-
-/// `flyt serve --ui`: the node behind the app's API, and the UI over HTTP.
-pub fn serve_ui(
-    home: &Path,
-    bind: SocketAddr,
-    ui_addr: SocketAddr,
-    ui_dir: Result<std::path::PathBuf, String>,
-    out: &mut Out,
-) -> Result<()> {
-    crate::ui::check_loopback(ui_addr)?;
-    runtime()?.block_on(crate::ui::run(
-        &home.join("flyt.db"),
-        bind,
-        ui_addr,
-        ui_dir,
-        out,
-        stop_signal(),
-    ))
 }
 
 /// Waits until no node event has come for `quiet`, at most `max`.
@@ -206,9 +261,36 @@ pub fn join(home: &Path, ticket: &str, bind: SocketAddr, out: &mut Out) -> Resul
     })
 }
 
+/// Ephemeral events (typing, presence) from the running node's control socket, forwarded to
+/// `tx`; reconnects while `tail` runs, since a node may start (or restart) after it.
+fn ephemeral_events(
+    home: std::path::PathBuf,
+    tx: tokio::sync::mpsc::UnboundedSender<serde_json::Value>,
+) {
+    std::thread::spawn(move || {
+        loop {
+            if let Ok(Some(events)) = crate::control::events(&home) {
+                for ev in events {
+                    let kind = ev["type"].as_str().unwrap_or_default();
+                    if matches!(kind, "typing" | "presence") && tx.send(ev).is_err() {
+                        return;
+                    }
+                }
+            }
+            if tx.is_closed() {
+                return;
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    });
+}
+
 /// Prints new messages and changes to shown ones as they land in the database (written by a
-/// running `flyt serve`, or by another `flyt` command).
-pub fn tail(store: Store, channel: DocId, out: &mut Out) -> Result<()> {
+/// running `flyt serve`, or by another `flyt` command), and who is typing in the channel or
+/// comes and goes (from the running node).
+pub fn tail(store: Store, home: &Path, channel: DocId, out: &mut Out) -> Result<()> {
+    let (tx, mut ephemeral) = tokio::sync::mpsc::unbounded_channel();
+    ephemeral_events(home.to_owned(), tx);
     runtime()?.block_on(async move {
         let mut store = store;
         let mut shown = store.read(channel, 20, None, None)?;
@@ -219,10 +301,23 @@ pub fn tail(store: Store, channel: DocId, out: &mut Out) -> Result<()> {
         let stop = stop_signal();
         tokio::pin!(stop);
         let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let me = store.identity()?.person_id().to_string();
+        let channel_id = channel.to_string();
         loop {
             tokio::select! {
                 _ = &mut stop => return Ok(()),
                 _ = tick.tick() => {}
+                Some(ev) = ephemeral.recv() => {
+                    let mine = ev["person"].as_str() == Some(me.as_str());
+                    match ev["type"].as_str() {
+                        Some("typing") if ev["channel"].as_str() == Some(channel_id.as_str()) && !mine => {
+                            out.ephemeral(&ev)?
+                        }
+                        Some("presence") if !mine => out.ephemeral(&ev)?,
+                        _ => {}
+                    }
+                    continue;
+                }
             }
             let v = store.data_version()?;
             if v == last_version {

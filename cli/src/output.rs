@@ -12,7 +12,30 @@ use serde_json::json;
 pub struct Out {
     json: bool,
     color: bool,
-    out: std::io::StdoutLock<'static>,
+    out: Box<dyn Write + Send>,
+}
+
+/// A writer into a shared buffer: what a command run for another process prints (the control
+/// socket sends it back whole).
+#[derive(Clone, Default)]
+pub struct Buffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Buffer {
+    /// Everything written so far.
+    pub fn take(&self) -> Vec<u8> {
+        std::mem::take(&mut *self.0.lock().expect("buffer lock"))
+    }
+}
+
+impl Write for Buffer {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("buffer lock").extend_from_slice(b);
+        Ok(b.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 const SHORTCODES: &[(&str, &str)] = &[
@@ -50,9 +73,34 @@ impl Out {
         let stdout = std::io::stdout();
         Out {
             json,
-            color: !json && stdout.is_terminal() && std::env::var_os("NO_COLOR").is_none(),
-            out: stdout.lock(),
+            color: Self::colors(json),
+            out: Box::new(stdout),
         }
+    }
+
+    /// Whether output to this process's stdout is painted.
+    pub fn colors(json: bool) -> bool {
+        !json && std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none()
+    }
+
+    /// Output into `buf` instead of stdout.
+    pub fn to_buffer(json: bool, color: bool, buf: Buffer) -> Self {
+        Out {
+            json,
+            color,
+            out: Box::new(buf),
+        }
+    }
+
+    pub fn is_json(&self) -> bool {
+        self.json
+    }
+
+    /// Writes bytes as they are (what a command run by the node printed).
+    pub fn raw(&mut self, bytes: &[u8]) -> Result<()> {
+        self.out.write_all(bytes)?;
+        self.out.flush()?;
+        Ok(())
     }
 
     fn json(&mut self, v: &impl Serialize) -> Result<()> {
@@ -292,9 +340,19 @@ impl Out {
         Ok(())
     }
 
-    pub fn status(&mut self, st: &peer::Status) -> Result<()> {
+    /// `flyt status`: what the database says, and with a running node what it says live.
+    pub fn status(
+        &mut self,
+        st: &peer::Status,
+        live: Option<&peer::api::StatusView>,
+    ) -> Result<()> {
         if self.json {
-            return self.json(st);
+            let mut v = serde_json::to_value(st)?;
+            if let Some(live) = live {
+                v["online"] = json!(live.online);
+                v["live"] = serde_json::to_value(live)?;
+            }
+            return self.json(&v);
         }
         if st.node_running {
             writeln!(
@@ -310,6 +368,35 @@ impl Out {
             "data     {} workspaces, {} channels, {} buckets, {} messages",
             st.workspaces, st.channels, st.buckets, st.messages
         )?;
+        if let Some(live) = live {
+            let cu = live.catching_up;
+            let state = if cu.done == cu.total {
+                "in sync".to_owned()
+            } else {
+                format!(
+                    "catching up ({} of {} documents in sync)",
+                    cu.done, cu.total
+                )
+            };
+            let n = live.peers.iter().filter(|p| p.connected).count();
+            let peers = if n == 1 { "peer" } else { "peers" };
+            writeln!(self.out, "online   {n} {peers} connected, {state}")?;
+            for p in live.peers.iter().filter(|p| p.connected) {
+                let last = p
+                    .last_sync_ts
+                    .and_then(local)
+                    .map(|t| t.strftime("%H:%M:%S").to_string())
+                    .unwrap_or_else(|| "never".into());
+                writeln!(
+                    self.out,
+                    "live     {:<12} {}  {} in sync, {} behind, last sync {last}",
+                    p.name.as_deref().unwrap_or("?"),
+                    &p.device[..12.min(p.device.len())],
+                    p.docs_in_sync,
+                    p.docs_behind,
+                )?;
+            }
+        }
         if st.peers.is_empty() {
             writeln!(self.out, "peers    none yet")?;
         }
@@ -337,6 +424,25 @@ impl Out {
             writeln!(self.out, "{}", self.paint("2", &format!("── {kind}:")))?;
         }
         self.render(m, false)?;
+        self.out.flush()?;
+        Ok(())
+    }
+
+    /// A typing or presence event in `tail`: the JSON object as the node sent it, or a line.
+    pub fn ephemeral(&mut self, ev: &serde_json::Value) -> Result<()> {
+        if self.json {
+            return self.line(ev);
+        }
+        let name = ev["name"]
+            .as_str()
+            .or_else(|| ev["person"].as_str().map(|p| &p[..12.min(p.len())]))
+            .unwrap_or("someone")
+            .to_owned();
+        let text = match ev["type"].as_str() {
+            Some("typing") => format!("{name} is typing…"),
+            _ => format!("{name} is {}", ev["state"].as_str().unwrap_or("?")),
+        };
+        writeln!(self.out, "{}", self.paint("2", &text))?;
         self.out.flush()?;
         Ok(())
     }

@@ -8,7 +8,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -202,41 +202,6 @@ fn batches(
         let data = serde_json::to_string(&*batch).expect("events serialize");
         Some((Ok(Event::default().data(data)), (rx, stop)))
     })
-}
-
-/// `flyt serve --ui`: the node through the API, the HTTP face, until Ctrl-C or SIGTERM.
-pub async fn run(
-    db: &Path,
-    bind: SocketAddr,
-    ui_addr: SocketAddr,
-    ui: Result<PathBuf, String>,
-    out: &mut crate::output::Out,
-    stop_signal: impl std::future::Future<Output = ()>,
-) -> Result<()> {
-    let token = new_token();
-    let (listener, url) = listen(ui_addr, &token).await?;
-    if let Err(why) = &ui {
-        tracing::warn!("{why}");
-        out.note(&format!("note: {why}; the API works, the page does not"))?;
-    }
-    let api = Arc::new(
-        Api::open(peer::node::NodeConfig {
-            db: db.to_owned(),
-            bind,
-        })
-        .await
-        .map_err(|e| anyhow::anyhow!("{}", e.message))
-        .context("starting the node")?,
-    );
-    out.ui_url(&url)?;
-    let stop = CancellationToken::new();
-    let server = tokio::spawn(serve(listener, api.clone(), token, ui, stop.clone()));
-    stop_signal.await;
-    out.note("stopping: saving sync state…")?;
-    stop.cancel();
-    server.await.context("the UI server task")??;
-    api.shutdown().await;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -296,6 +296,60 @@ impl Record for Reaction {
     const KIND: &'static str = "reaction";
 }
 
+/// An ephemeral note between online devices (typing, presence), signed by the sender's device.
+/// Never stored in a document; `at_ms` makes repeats distinct and stale ones detectable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ephemeral {
+    /// The workspace it concerns.
+    pub workspace: DocId,
+    /// Who sends it (the signing device must be theirs).
+    pub person: PersonId,
+    /// What it says.
+    pub kind: EphemeralKind,
+    /// When it was sent, ms.
+    pub at_ms: i64,
+}
+impl Record for Ephemeral {
+    const KIND: &'static str = "ephemeral";
+}
+
+/// What an [`Ephemeral`] note says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EphemeralKind {
+    /// The person is typing in this channel (or DM).
+    Typing {
+        /// The channel.
+        channel: DocId,
+    },
+    /// The person's presence (a heartbeat while online or away).
+    Presence {
+        /// Online, away or offline.
+        state: Presence,
+    },
+}
+
+/// Whether a person is around.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Presence {
+    /// Connected and active.
+    Online,
+    /// Connected, but not at the keyboard.
+    Away,
+    /// Not connected.
+    Offline,
+}
+
+impl Presence {
+    /// `online`, `away` or `offline`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Presence::Online => "online",
+            Presence::Away => "away",
+            Presence::Offline => "offline",
+        }
+    }
+}
+
 /// Decodes an envelope of the given record type, ignoring (and reporting) what fails.
 pub fn decode_opt<T: Record>(bytes: &[u8]) -> Option<Signed<T>> {
     Signed::decode(bytes).ok()

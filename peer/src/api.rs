@@ -172,6 +172,18 @@ pub enum Request {
     },
     /// The node and its peers: a [`StatusView`].
     Status,
+    /// Tells the members who may see a channel that I am typing there (send again every few
+    /// seconds while typing; each shows for about 5 s). Answers `{ sent_to }`, the number of
+    /// devices told.
+    Typing {
+        /// Channel id or name.
+        channel: String,
+    },
+    /// Sets my presence: `online` or `away`.
+    Presence {
+        /// `online` or `away`.
+        state: String,
+    },
 }
 
 fn yes() -> bool {
@@ -201,6 +213,8 @@ const COMMANDS: &[&str] = &[
     "invite",
     "set_name",
     "status",
+    "typing",
+    "presence",
 ];
 
 /// Why a request failed: a stable code for programs and one sentence for people.
@@ -439,6 +453,9 @@ pub struct MemberView {
     pub name: String,
     /// owner, admin or member.
     pub role: String,
+    /// `online` or `away` while one of their devices is connected and says so (the liveliest
+    /// device counts), else `offline`.
+    pub online: String,
 }
 
 /// What the node is doing.
@@ -450,6 +467,17 @@ pub struct StatusView {
     pub peers: Vec<PeerView>,
     /// Relays this node uses (none until the relay lands).
     pub relays: Vec<String>,
+    /// Documents in sync with the connected peers, of all those being synced with them.
+    pub catching_up: CatchingUp,
+}
+
+/// How far a sync with the connected peers has come.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CatchingUp {
+    /// (peer, document) pairs in sync.
+    pub done: usize,
+    /// (peer, document) pairs being synced.
+    pub total: usize,
 }
 
 /// One known peer.
@@ -463,16 +491,18 @@ pub struct PeerView {
     pub docs_synced: i64,
     /// Connected right now.
     pub connected: bool,
+    /// While connected: documents in sync with it.
+    pub docs_in_sync: usize,
+    /// While connected: documents still catching up.
+    pub docs_behind: usize,
+    /// When a sync message last went either way (ms), since this node started.
+    pub last_sync_ts: Option<i64>,
 }
 
 /// One event for the UI.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 #[non_exhaustive]
-#[expect(
-    clippy::large_enum_variant,
-    reason = "nearly every event is a message: boxing would only add an allocation each"
-)]
 pub enum ApiEvent {
     /// A message appeared or changed (new, edited, deleted, reacted, reply count), local or
     /// remote.
@@ -486,6 +516,30 @@ pub enum ApiEvent {
     Members,
     /// Peers came or went: the new status.
     Status(StatusView),
+    /// A member is typing in a channel: show it until `expires_ts` (or their message).
+    Typing {
+        /// Channel id.
+        channel: String,
+        /// Person key.
+        person: String,
+        /// Display name (the start of their key if unknown).
+        name: String,
+        /// The device they type on.
+        device: String,
+        /// When to stop showing it, ms.
+        expires_ts: i64,
+    },
+    /// A member's device came online, went away or offline.
+    Presence {
+        /// Person key.
+        person: String,
+        /// Display name (the start of their key if unknown).
+        name: String,
+        /// The device.
+        device: String,
+        /// `online`, `away` or `offline`.
+        state: String,
+    },
     /// Too much changed to send message by message (a sync catching up, writes by another
     /// process on this home, or a subscriber that fell behind): refetch the messages shown of
     /// `channel`, or of every channel when it is absent.
@@ -544,31 +598,6 @@ impl Store {
     }
 }
 
-/// Connected peers, counted per connection (a replacing connection comes up before the old one
-/// goes down).
-#[derive(Debug, Default)]
-struct Live(Mutex<HashMap<DeviceId, u32>>);
-
-impl Live {
-    fn up(&self, p: DeviceId) {
-        *self.0.lock().expect("live lock").entry(p).or_default() += 1;
-    }
-
-    fn down(&self, p: DeviceId) {
-        let mut m = self.0.lock().expect("live lock");
-        if let Some(n) = m.get_mut(&p) {
-            *n -= 1;
-            if *n == 0 {
-                m.remove(&p);
-            }
-        }
-    }
-
-    fn connected(&self) -> Vec<DeviceId> {
-        self.0.lock().expect("live lock").keys().copied().collect()
-    }
-}
-
 /// The API over one home. Cheap to share behind an `Arc`; call [`Api::shutdown`] at the end.
 #[derive(Debug)]
 pub struct Api {
@@ -576,7 +605,6 @@ pub struct Api {
     node: Mutex<Option<Arc<Node>>>,
     /// Serialises starting the node.
     starting: tokio::sync::Mutex<()>,
-    live: Arc<Live>,
     batches: broadcast::Sender<Batch>,
     cancel: CancellationToken,
     batcher: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -591,7 +619,6 @@ impl Api {
             cfg,
             node: Mutex::new(None),
             starting: tokio::sync::Mutex::new(()),
-            live: Arc::default(),
             batches,
             cancel: CancellationToken::new(),
             batcher: Mutex::new(None),
@@ -609,7 +636,7 @@ impl Api {
     }
 
     /// The running node, started on first need once the home has an identity.
-    async fn node(&self) -> Result<Arc<Node>, ApiError> {
+    pub async fn node(&self) -> Result<Arc<Node>, ApiError> {
         if let Some(n) = self.node.lock().expect("node lock").clone() {
             return Ok(n);
         }
@@ -634,7 +661,6 @@ impl Api {
         let batcher = tokio::spawn(batcher(
             node.clone(),
             events,
-            self.live.clone(),
             self.batches.clone(),
             self.cancel.clone(),
         ));
@@ -766,7 +792,10 @@ impl Api {
                 })
                 .await
             }
-            Request::Members => self.call(|s| members(s)).await,
+            Request::Members => {
+                let presence = self.node().await?.presence();
+                self.call(move |s| members(s, &presence)).await
+            }
             Request::MemberRole { person, role } => {
                 let role = match role.as_str() {
                     "admin" => Role::Admin,
@@ -785,8 +814,28 @@ impl Api {
             Request::Invite { expires_secs, role } => self.invite(expires_secs, role).await,
             Request::SetName { name } => self.call(move |s| s.set_name(&name)).await,
             Request::Status => {
-                let live = self.live.clone();
-                self.call(move |s| status(s, &live.connected())).await
+                let node = self.node().await?;
+                let live = live(&node).await?;
+                self.call(move |s| status(s, &live)).await
+            }
+            Request::Typing { channel } => {
+                let node = self.node().await?;
+                let ch = node.call(move |s| s.find_channel(&channel)).await??;
+                let sent = node.typing(ch).await?;
+                Ok(json!({ "sent_to": sent }))
+            }
+            Request::Presence { state } => {
+                let state = match state.as_str() {
+                    "online" => crdt_model::signed::Presence::Online,
+                    "away" => crdt_model::signed::Presence::Away,
+                    _ => {
+                        return Err(ApiError::bad_request(format!(
+                            "A presence is \"online\" or \"away\", not {state:?}."
+                        )));
+                    }
+                };
+                self.node().await?.set_presence(state)?;
+                Ok(Value::Null)
             }
         }
     }
@@ -926,34 +975,106 @@ fn channel_view(s: &Store, c: ChannelRow) -> Result<ChannelView, StoreError> {
     })
 }
 
-fn members(s: &Store) -> Result<Vec<MemberView>, StoreError> {
+/// A person's display name, or the start of their key.
+fn display_name(s: &Store, person: &crdt_model::PersonId) -> String {
+    s.person_name(person).unwrap_or_else(|| {
+        let k = person.to_string();
+        k[..8.min(k.len())].to_owned()
+    })
+}
+
+/// Presence of devices, as [`Node::presence`] reports it.
+type PresenceMap = HashMap<DeviceId, (crdt_model::PersonId, crdt_model::signed::Presence)>;
+
+/// A person's presence: the liveliest of their devices'.
+fn person_presence(presence: &PresenceMap, person: &str) -> crdt_model::signed::Presence {
+    use crdt_model::signed::Presence::*;
+    let mut best = Offline;
+    for (p, st) in presence.values() {
+        if p.to_string() == person {
+            best = match (best, *st) {
+                (Online, _) | (_, Online) => Online,
+                (Away, _) | (_, Away) => Away,
+                _ => Offline,
+            };
+        }
+    }
+    best
+}
+
+fn members(s: &Store, presence: &PresenceMap) -> Result<Vec<MemberView>, StoreError> {
     Ok(s.members()?
         .into_iter()
-        .map(|m| MemberView {
-            person: m.key,
-            name: m.name,
-            role: m.role,
+        .map(|m| {
+            let p = person_presence(presence, &m.key);
+            MemberView {
+                online: p.as_str().to_owned(),
+                person: m.key,
+                name: m.name,
+                role: m.role,
+            }
         })
         .collect())
 }
 
-fn status(s: &Store, connected: &[DeviceId]) -> Result<StatusView, StoreError> {
-    let connected: Vec<String> = connected.iter().map(|d| d.to_string()).collect();
-    let peers: Vec<PeerView> = s
+/// What only the running node knows for `status`.
+#[derive(Debug, Clone, Default)]
+struct LiveStatus {
+    connected: Vec<DeviceId>,
+    sync: Vec<crate::node::PeerSync>,
+}
+
+async fn live(node: &Node) -> Result<LiveStatus, ApiError> {
+    Ok(LiveStatus {
+        connected: node.connected(),
+        sync: node.sync_status().await?,
+    })
+}
+
+fn status(s: &Store, live: &LiveStatus) -> Result<StatusView, StoreError> {
+    let connected: Vec<String> = live.connected.iter().map(|d| d.to_string()).collect();
+    let mut catching_up = CatchingUp::default();
+    for p in &live.sync {
+        catching_up.done += p.in_sync;
+        catching_up.total += p.in_sync + p.behind;
+    }
+    let mut peers: Vec<PeerView> = s
         .status()?
         .peers
         .into_iter()
-        .map(|p| PeerView {
-            connected: connected.contains(&p.device),
-            device: p.device,
-            name: p.name,
-            docs_synced: p.synced_documents,
+        .map(|p| {
+            let sync = live.sync.iter().find(|x| x.device.to_string() == p.device);
+            PeerView {
+                connected: connected.contains(&p.device),
+                docs_in_sync: sync.map_or(0, |x| x.in_sync),
+                docs_behind: sync.map_or(0, |x| x.behind),
+                last_sync_ts: sync.and_then(|x| x.last_sync_ms),
+                device: p.device,
+                name: p.name,
+                docs_synced: p.synced_documents,
+            }
         })
         .collect();
+    // Connected peers this home does not list (a relay, a device that dialled us).
+    for x in &live.sync {
+        let d = x.device.to_string();
+        if !peers.iter().any(|p| p.device == d) {
+            peers.push(PeerView {
+                device: d,
+                name: s.device_name(&x.device),
+                docs_synced: 0,
+                connected: true,
+                docs_in_sync: x.in_sync,
+                docs_behind: x.behind,
+                last_sync_ts: x.last_sync_ms,
+            });
+        }
+    }
     Ok(StatusView {
         online: !connected.is_empty(),
         peers,
         relays: Vec::new(),
+        catching_up,
     })
 }
 
@@ -963,23 +1084,21 @@ struct Pending {
     docs: BTreeSet<DocId>,
     status: bool,
     lagged: bool,
+    /// Typing and presence, in order.
+    ephemeral: Vec<NodeEvent>,
 }
 
 impl Pending {
     /// Notes one node event; false once the node's event stream ended.
-    fn note(&mut self, ev: Result<NodeEvent, broadcast::error::RecvError>, live: &Live) -> bool {
+    fn note(&mut self, ev: Result<NodeEvent, broadcast::error::RecvError>) -> bool {
         match ev {
             Ok(NodeEvent::Changed(d)) => {
                 self.docs.insert(d);
             }
             Ok(NodeEvent::LocalWrite(ds)) => self.docs.extend(ds),
-            Ok(NodeEvent::PeerUp(p)) => {
-                live.up(p);
-                self.status = true;
-            }
-            Ok(NodeEvent::PeerDown(p)) => {
-                live.down(p);
-                self.status = true;
+            Ok(NodeEvent::PeerUp(_) | NodeEvent::PeerDown(_)) => self.status = true,
+            Ok(ev @ (NodeEvent::Typing { .. } | NodeEvent::Presence { .. })) => {
+                self.ephemeral.push(ev)
             }
             Err(broadcast::error::RecvError::Lagged(_)) => self.lagged = true,
             Err(broadcast::error::RecvError::Closed) => return false,
@@ -988,10 +1107,40 @@ impl Pending {
     }
 
     /// The batch, rendered on the store thread from the projection.
-    fn render(self, s: &mut Store, connected: &[DeviceId]) -> Vec<ApiEvent> {
+    fn render(self, s: &mut Store, live: &LiveStatus) -> Vec<ApiEvent> {
         let touched = s.take_touched();
         let mut out = Vec::new();
         let (mut channels, mut members) = (self.lagged, self.lagged);
+        for ev in self.ephemeral {
+            match ev {
+                NodeEvent::Typing {
+                    channel,
+                    person,
+                    device,
+                    at_ms,
+                } => out.push(ApiEvent::Typing {
+                    channel: channel.to_string(),
+                    name: display_name(s, &person),
+                    person: person.to_string(),
+                    device: device.to_string(),
+                    expires_ts: at_ms + crate::node::TYPING_TTL.as_millis() as i64,
+                }),
+                NodeEvent::Presence {
+                    person,
+                    device,
+                    state,
+                } => {
+                    members = true;
+                    out.push(ApiEvent::Presence {
+                        name: display_name(s, &person),
+                        person: person.to_string(),
+                        device: device.to_string(),
+                        state: state.as_str().to_owned(),
+                    });
+                }
+                _ => {}
+            }
+        }
         let mut refresh = touched.overflow;
         for d in self.docs {
             match s.doc_kind(d) {
@@ -1034,7 +1183,7 @@ impl Pending {
             out.push(ApiEvent::Members);
         }
         if self.status {
-            match status(s, connected) {
+            match status(s, live) {
                 Ok(st) => out.push(ApiEvent::Status(st)),
                 Err(e) => warn!("api: status: {e:#}"),
             }
@@ -1048,7 +1197,6 @@ impl Pending {
 async fn batcher(
     node: Arc<Node>,
     mut events: broadcast::Receiver<NodeEvent>,
-    live: Arc<Live>,
     out: broadcast::Sender<Batch>,
     cancel: CancellationToken,
 ) {
@@ -1058,16 +1206,23 @@ async fn batcher(
             return;
         };
         let mut pending = Pending::default();
-        let mut open = pending.note(first, &live);
+        let mut open = pending.note(first);
         let deadline = next.max(Instant::now());
         while open {
             match tokio::time::timeout_at(deadline, events.recv()).await {
-                Ok(ev) => open = pending.note(ev, &live),
+                Ok(ev) => open = pending.note(ev),
                 Err(_) => break,
             }
         }
-        let connected = live.connected();
-        match node.call(move |s| pending.render(s, &connected)).await {
+        let live = if pending.status {
+            match live(&node).await {
+                Ok(l) => l,
+                Err(_) => return,
+            }
+        } else {
+            LiveStatus::default()
+        };
+        match node.call(move |s| pending.render(s, &live)).await {
             Ok(batch) if !batch.is_empty() => {
                 let _ = out.send(Arc::new(batch));
             }
@@ -1151,10 +1306,12 @@ mod tests {
             online: false,
             peers: vec![],
             relays: vec![],
+            catching_up: CatchingUp::default(),
         });
         assert_eq!(
             serde_json::to_value(st).unwrap(),
-            json!({"type": "status", "online": false, "peers": [], "relays": []})
+            json!({"type": "status", "online": false, "peers": [], "relays": [],
+                   "catching_up": {"done": 0, "total": 0}})
         );
     }
 

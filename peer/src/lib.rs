@@ -30,7 +30,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 pub use docs::DocMeta;
 pub use query::{Author, ChannelRow, DeviceRow, MemberRow, MessageRow, WorkspaceRow};
-pub use replica::{Linked, Outgoing, PeerStatus, Status};
+pub use replica::{EPHEMERAL_MAX_AGE_MS, Linked, Note, Outgoing, PeerStatus, Status};
 
 use docs::DocCache;
 
@@ -268,6 +268,27 @@ impl Store {
                 Err(e)
             }
         }
+    }
+
+    /// Runs `f` in a read transaction that is never committed: a policy check that writes
+    /// nothing and takes no write lock.
+    fn peek<R>(
+        &mut self,
+        f: impl FnOnce(&mut Writer<'_>) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        let me = self.identity.clone().ok_or(StoreError::NoIdentity)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Deferred)?;
+        let mut w = Writer {
+            tx: &tx,
+            cache: &mut self.cache,
+            views: &mut self.views,
+            me: &me,
+            changed: Vec::new(),
+            projected: Vec::new(),
+        };
+        f(&mut w)
     }
 
     /// A workspace document's full state (`Automerge::save`), e.g. to hand it to a relay.

@@ -17,7 +17,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crdt_model::{DeviceId, DocId};
+use crdt_model::signed::{EphemeralKind, Presence};
+use crdt_model::{DeviceId, DocId, PersonId};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
@@ -63,6 +64,58 @@ pub enum NodeEvent {
     PeerUp(DeviceId),
     /// A peer's connection ended.
     PeerDown(DeviceId),
+    /// A member is typing in a channel (a checked ephemeral note; shown for [`TYPING_TTL`]).
+    Typing {
+        /// The channel.
+        channel: DocId,
+        /// Who.
+        person: PersonId,
+        /// On which device.
+        device: DeviceId,
+        /// When they sent it, ms.
+        at_ms: i64,
+    },
+    /// A member device's presence changed (a heartbeat said so, it disconnected, or its
+    /// heartbeats stopped for [`PRESENCE_TIMEOUT`]).
+    Presence {
+        /// Who.
+        person: PersonId,
+        /// Which device.
+        device: DeviceId,
+        /// Now.
+        state: Presence,
+    },
+}
+
+/// How long a typing note shows.
+pub const TYPING_TTL: Duration = Duration::from_secs(5);
+
+/// How often a node repeats its presence to connected peers.
+pub const HEARTBEAT: Duration = Duration::from_secs(10);
+
+/// A device whose presence heartbeats stop for this long is offline.
+pub const PRESENCE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What the store thread shares with the rest of the node: who is connected now, when each
+/// peer last exchanged a sync message, and the presence of peers' devices.
+#[derive(Debug, Default)]
+struct Shared {
+    connected: Vec<DeviceId>,
+    last_sync: HashMap<DeviceId, i64>,
+    presence: HashMap<DeviceId, (PersonId, Presence)>,
+}
+
+/// One peer's sync state, as `flyt status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerSync {
+    /// The peer.
+    pub device: DeviceId,
+    /// Documents in sync with it.
+    pub in_sync: usize,
+    /// Documents it or we are still catching up on.
+    pub behind: usize,
+    /// When a sync message last went either way, ms.
+    pub last_sync_ms: Option<i64>,
 }
 
 type Job = Box<dyn FnOnce(&mut Store) + Send>;
@@ -95,6 +148,15 @@ enum Cmd {
         device_sig: Vec<u8>,
         reply: oneshot::Sender<Result<crate::Linked, StoreError>>,
     },
+    /// Send a typing note to the connected peers that may see the channel.
+    Typing {
+        channel: DocId,
+        reply: oneshot::Sender<Result<usize, StoreError>>,
+    },
+    /// Change this node's presence and tell the connected peers.
+    SetPresence(Presence),
+    /// Per-peer sync summaries of the connected peers.
+    SyncStatus(oneshot::Sender<Vec<PeerSync>>),
     /// Look for writes by other processes on this home.
     Tick,
     Stop,
@@ -123,12 +185,73 @@ pub struct Node {
     cancel: CancellationToken,
     tasks: tokio_util::task::TaskTracker,
     store_thread: Option<std::thread::JoinHandle<()>>,
+    shared: Arc<std::sync::Mutex<Shared>>,
     _accept: AbortOnDropHandle<()>,
 }
 
 struct Connections {
     /// peer -> (connection id, frames to send)
     live: HashMap<DeviceId, (u64, mpsc::UnboundedSender<Frame>)>,
+    /// peer -> when a sync message last went either way, ms.
+    last_sync: HashMap<DeviceId, i64>,
+}
+
+impl Connections {
+    fn send(&self, peer: &DeviceId, f: Frame) {
+        if let Some((_, tx)) = self.live.get(peer) {
+            let _ = tx.send(f);
+        }
+    }
+}
+
+/// Presence bookkeeping on the store thread.
+struct Presences {
+    mine: Presence,
+    last_beat: std::time::Instant,
+    /// device -> (person, state, when last heard)
+    seen: HashMap<DeviceId, (PersonId, Presence, std::time::Instant)>,
+}
+
+impl Presences {
+    /// Records `device`'s state; returns the event to emit if it changed.
+    fn set(&mut self, device: DeviceId, person: PersonId, state: Presence) -> Option<NodeEvent> {
+        let now = std::time::Instant::now();
+        let old = self.seen.insert(device, (person, state, now));
+        (old.map(|(_, s, _)| s) != Some(state)).then_some(NodeEvent::Presence {
+            person,
+            device,
+            state,
+        })
+    }
+
+    /// Devices not heard from for [`PRESENCE_TIMEOUT`] and not yet offline: now offline.
+    fn expire(&mut self) -> Vec<NodeEvent> {
+        let mut out = Vec::new();
+        for (device, (person, state, at)) in self.seen.iter_mut() {
+            if *state != Presence::Offline && at.elapsed() >= PRESENCE_TIMEOUT {
+                *state = Presence::Offline;
+                out.push(NodeEvent::Presence {
+                    person: *person,
+                    device: *device,
+                    state: Presence::Offline,
+                });
+            }
+        }
+        out
+    }
+
+    fn gone(&mut self, device: DeviceId) -> Option<NodeEvent> {
+        let (person, state, _) = self.seen.get_mut(&device)?;
+        if *state == Presence::Offline {
+            return None;
+        }
+        *state = Presence::Offline;
+        Some(NodeEvent::Presence {
+            person: *person,
+            device,
+            state: Presence::Offline,
+        })
+    }
 }
 
 fn store_thread(
@@ -137,13 +260,20 @@ fn store_thread(
     events: broadcast::Sender<NodeEvent>,
     received: Arc<std::sync::atomic::AtomicU64>,
     dial: mpsc::UnboundedSender<PeerAddr>,
+    shared: Arc<std::sync::Mutex<Shared>>,
 ) {
     let mut engine = Engine::new();
+    let mut presences = Presences {
+        mine: Presence::Online,
+        last_beat: std::time::Instant::now(),
+        seen: HashMap::new(),
+    };
     // Relays of our workspaces already being kept connected.
     let mut relays: std::collections::HashSet<DeviceId> = std::collections::HashSet::new();
     let mut busy = false;
     let mut conns = Connections {
         live: HashMap::new(),
+        last_sync: HashMap::new(),
     };
     let run = |store: &mut Store, engine: &mut Engine, conns: &mut Connections, ev: Event| {
         match store.sync_event(engine, ev) {
@@ -151,9 +281,10 @@ fn store_thread(
                 for o in out {
                     match o {
                         Outgoing::Send(peer, f) => {
-                            if let Some((_, tx)) = conns.live.get(&peer) {
-                                let _ = tx.send(f);
+                            if matches!(f, Frame::Sync { .. }) {
+                                conns.last_sync.insert(peer, crate::now_ms());
                             }
+                            conns.send(&peer, f);
                         }
                         Outgoing::Close(peer, reason) => {
                             debug!(%peer, ?reason, "closing");
@@ -204,6 +335,10 @@ fn store_thread(
                 run(&mut store, &mut engine, &mut conns, Event::Connected(peer));
                 if conns.live.contains_key(&peer) {
                     let _ = events.send(NodeEvent::PeerUp(peer));
+                    match store.presence_frames(presences.mine, &[peer]) {
+                        Ok(frames) => frames.into_iter().for_each(|(p, f)| conns.send(&p, f)),
+                        Err(e) => warn!("presence for a new peer failed: {e:#}"),
+                    }
                 }
             }
             // A replaced connection's frames belong to a session the engine has ended: the peer
@@ -213,9 +348,31 @@ fn store_thread(
             {
                 debug!(%peer, "dropped a frame from a replaced connection");
             }
+            Cmd::Frame(peer, _, Frame::Ephemeral { signed }) => {
+                match store.check_ephemeral(peer, &signed) {
+                    Ok(note) => {
+                        let ev = match note.kind {
+                            EphemeralKind::Typing { channel } => Some(NodeEvent::Typing {
+                                channel,
+                                person: note.person,
+                                device: note.device,
+                                at_ms: note.at_ms,
+                            }),
+                            EphemeralKind::Presence { state } => {
+                                presences.set(note.device, note.person, state)
+                            }
+                        };
+                        if let Some(ev) = ev {
+                            let _ = events.send(ev);
+                        }
+                    }
+                    Err(e) => debug!(%peer, "dropped an ephemeral note: {e}"),
+                }
+            }
             Cmd::Frame(peer, _, f) => {
                 if let Frame::Sync { data, .. } = &f {
                     received.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                    conns.last_sync.insert(peer, crate::now_ms());
                 }
                 run(&mut store, &mut engine, &mut conns, Event::Frame(peer, f))
             }
@@ -232,6 +389,46 @@ fn store_thread(
                     );
                 }
                 let _ = events.send(NodeEvent::PeerDown(peer));
+                if !conns.live.contains_key(&peer)
+                    && let Some(ev) = presences.gone(peer)
+                {
+                    let _ = events.send(ev);
+                }
+            }
+            Cmd::Typing { channel, reply } => {
+                let connected: Vec<DeviceId> = conns.live.keys().copied().collect();
+                let r = store.typing_frame(channel, &connected).map(|(f, to)| {
+                    for p in &to {
+                        conns.send(p, f.clone());
+                    }
+                    to.len()
+                });
+                let _ = reply.send(r);
+            }
+            Cmd::SetPresence(state) => {
+                presences.mine = state;
+                let connected: Vec<DeviceId> = conns.live.keys().copied().collect();
+                match store.presence_frames(state, &connected) {
+                    Ok(frames) => frames.into_iter().for_each(|(p, f)| conns.send(&p, f)),
+                    Err(e) => warn!("sending presence failed: {e:#}"),
+                }
+            }
+            Cmd::SyncStatus(reply) => {
+                let mut peers: Vec<DeviceId> = conns.live.keys().copied().collect();
+                peers.sort();
+                let out = peers
+                    .into_iter()
+                    .map(|p| {
+                        let (in_sync, behind) = store.sync_summary(&engine, &p);
+                        PeerSync {
+                            device: p,
+                            in_sync,
+                            behind,
+                            last_sync_ms: conns.last_sync.get(&p).copied(),
+                        }
+                    })
+                    .collect();
+                let _ = reply.send(out);
             }
             Cmd::Call(job) => {
                 job(&mut store);
@@ -262,6 +459,17 @@ fn store_thread(
                 push(&mut store, &mut engine, &mut conns, docs);
             }
             Cmd::Tick => {
+                if presences.last_beat.elapsed() >= HEARTBEAT {
+                    presences.last_beat = std::time::Instant::now();
+                    let connected: Vec<DeviceId> = conns.live.keys().copied().collect();
+                    match store.presence_frames(presences.mine, &connected) {
+                        Ok(frames) => frames.into_iter().for_each(|(p, f)| conns.send(&p, f)),
+                        Err(e) => warn!("presence heartbeat failed: {e:#}"),
+                    }
+                }
+                for ev in presences.expire() {
+                    let _ = events.send(ev);
+                }
                 // A whole tick without other work is idle time: upkeep, one document at a time
                 // (a compaction takes ~10 ms), so a message arriving meanwhile waits at most that.
                 if !std::mem::take(&mut busy)
@@ -288,6 +496,13 @@ fn store_thread(
             }
             Cmd::Stop => break,
         }
+        let mut sh = shared.lock().expect("shared lock");
+        sh.connected.clear();
+        sh.connected.extend(conns.live.keys().copied());
+        sh.last_sync.clone_from(&conns.last_sync);
+        sh.presence.clear();
+        sh.presence
+            .extend(presences.seen.iter().map(|(d, (p, st, _))| (*d, (*p, *st))));
     }
     // Save every sync state for the next start.
     let peers: Vec<DeviceId> = engine.peers().copied().collect();
@@ -310,11 +525,12 @@ impl Node {
         let (events, _) = broadcast::channel(4096);
         let ev = events.clone();
         let (dial, mut to_dial) = mpsc::unbounded_channel();
+        let shared = Arc::new(std::sync::Mutex::new(Shared::default()));
         let store_thread = std::thread::Builder::new()
             .name("flyt-store".into())
             .spawn({
-                let received = received.clone();
-                move || store_thread(store, rx, ev, received, dial)
+                let (received, shared) = (received.clone(), shared.clone());
+                move || store_thread(store, rx, ev, received, dial, shared)
             })
             .expect("spawn the store thread");
         let cancel = CancellationToken::new();
@@ -376,6 +592,7 @@ impl Node {
             cancel,
             tasks,
             store_thread: Some(store_thread),
+            shared,
             _accept: accept,
         };
         // Record where we listen (for invite tickets) and reconnect to the peers we know.
@@ -390,6 +607,43 @@ impl Node {
             node.connect(peer_addr(id, &addrs));
         }
         Ok(node)
+    }
+
+    /// The peers connected right now (their sessions accepted by the engine).
+    pub fn connected(&self) -> Vec<DeviceId> {
+        self.shared.lock().expect("shared lock").connected.clone()
+    }
+
+    /// The presence of every peer device heard from since start (offline once it
+    /// disconnected or fell silent).
+    pub fn presence(&self) -> HashMap<DeviceId, (PersonId, Presence)> {
+        self.shared.lock().expect("shared lock").presence.clone()
+    }
+
+    /// Tells the connected members' devices that may see `channel` that I am typing there;
+    /// returns to how many devices it went. Nothing is stored.
+    pub async fn typing(&self, channel: DocId) -> Result<usize, NodeError> {
+        let (reply, rx) = oneshot::channel();
+        self.cmd
+            .send(Cmd::Typing { channel, reply })
+            .map_err(|_| NodeError::Stopped)?;
+        Ok(rx.await.map_err(|_| NodeError::Stopped)??)
+    }
+
+    /// Sets this node's presence (online or away) and tells the connected peers.
+    pub fn set_presence(&self, state: Presence) -> Result<(), NodeError> {
+        self.cmd
+            .send(Cmd::SetPresence(state))
+            .map_err(|_| NodeError::Stopped)
+    }
+
+    /// Per connected peer: documents in sync and behind, and when sync last went either way.
+    pub async fn sync_status(&self) -> Result<Vec<PeerSync>, NodeError> {
+        let (reply, rx) = oneshot::channel();
+        self.cmd
+            .send(Cmd::SyncStatus(reply))
+            .map_err(|_| NodeError::Stopped)?;
+        rx.await.map_err(|_| NodeError::Stopped)
     }
 
     /// Bytes of sync payload (Automerge sync messages) received from peers since start.

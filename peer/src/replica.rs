@@ -933,6 +933,185 @@ impl Store {
     }
 }
 
+/// An ephemeral note older (or further in the future) than this is dropped as stale.
+pub const EPHEMERAL_MAX_AGE_MS: i64 = 30_000;
+
+/// An ephemeral note from a peer that checked out: signed by `device`, a current member device
+/// of `person` in `workspace`, recent, and (typing) about a channel that person may see.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Note {
+    /// The workspace.
+    pub workspace: DocId,
+    /// Who.
+    pub person: crdt_model::PersonId,
+    /// From which device.
+    pub device: DeviceId,
+    /// What.
+    pub kind: crdt_model::signed::EphemeralKind,
+    /// When it was sent, ms.
+    pub at_ms: i64,
+}
+
+impl Writer<'_> {
+    /// Whether ephemeral notes about `channel` (or, without one, about workspace `ws`) may go to
+    /// `peer`: a current member's device that may see the channel. Relays get none.
+    fn may_hear(&mut self, peer: &DeviceId, ws: DocId, channel: Option<DocId>) -> bool {
+        if self.member_person(ws, peer).is_none() {
+            return false;
+        }
+        match channel {
+            None => true,
+            Some(ch) => self
+                .doc_row(ch)
+                .is_some_and(|row| row.workspace == ws && self.allowed(peer, &row)),
+        }
+    }
+}
+
+impl Store {
+    fn ephemeral(
+        &self,
+        ws: DocId,
+        kind: crdt_model::signed::EphemeralKind,
+    ) -> Result<Frame, StoreError> {
+        let me = self.identity()?;
+        let note = crdt_model::signed::Ephemeral {
+            workspace: ws,
+            person: me.person_id(),
+            kind,
+            at_ms: now_ms(),
+        };
+        Ok(Frame::Ephemeral {
+            signed: Signed::sign(&me.device, note).to_bytes(),
+        })
+    }
+
+    /// A signed "typing" note for `channel`, and which of the `connected` peers may see it
+    /// (members' devices that may see the channel: in private channels and DMs, only theirs).
+    pub fn typing_frame(
+        &mut self,
+        channel: DocId,
+        connected: &[DeviceId],
+    ) -> Result<(Frame, Vec<DeviceId>), StoreError> {
+        let ws = self.channel_workspace(channel)?;
+        let frame = self.ephemeral(ws, crdt_model::signed::EphemeralKind::Typing { channel })?;
+        let to = self.peek(|w| {
+            Ok(connected
+                .iter()
+                .filter(|p| w.may_hear(p, ws, Some(channel)))
+                .copied()
+                .collect())
+        })?;
+        Ok((frame, to))
+    }
+
+    /// Signed presence notes for each of the `peers` in each workspace we share with it.
+    pub fn presence_frames(
+        &mut self,
+        state: crdt_model::signed::Presence,
+        peers: &[DeviceId],
+    ) -> Result<Vec<(DeviceId, Frame)>, StoreError> {
+        if peers.is_empty() {
+            return Ok(Vec::new());
+        }
+        let workspaces: Vec<DocId> = self
+            .workspaces()?
+            .into_iter()
+            .filter(|w| w.role != Role::Removed.as_str())
+            .filter_map(|w| w.id.parse().ok())
+            .collect();
+        let mut out = Vec::new();
+        for ws in workspaces {
+            let to: Vec<DeviceId> = self.peek(|w| {
+                Ok(peers
+                    .iter()
+                    .filter(|p| w.may_hear(p, ws, None))
+                    .copied()
+                    .collect())
+            })?;
+            if to.is_empty() {
+                continue;
+            }
+            let f = self.ephemeral(ws, crdt_model::signed::EphemeralKind::Presence { state })?;
+            out.extend(to.into_iter().map(|p| (p, f.clone())));
+        }
+        Ok(out)
+    }
+
+    /// Checks an ephemeral note `from` a connected peer: the signature, that the signer is that
+    /// peer and a current member device of the person it names, that it is recent, and for
+    /// typing that the person may see the channel. Whatever fails is refused with the reason.
+    pub fn check_ephemeral(&mut self, from: DeviceId, signed: &[u8]) -> Result<Note, StoreError> {
+        use crdt_model::ModelError;
+        let s = Signed::<crdt_model::signed::Ephemeral>::decode(signed)?;
+        if s.device() != from {
+            return Err(
+                ModelError::NotAllowed("an ephemeral note signed by another device").into(),
+            );
+        }
+        let n = s.payload;
+        if (now_ms() - n.at_ms).abs() > EPHEMERAL_MAX_AGE_MS {
+            return Err(ModelError::Malformed("a stale ephemeral note").into());
+        }
+        let person = n.person.to_string();
+        let channel = match n.kind {
+            crdt_model::signed::EphemeralKind::Typing { channel } => Some(channel),
+            crdt_model::signed::EphemeralKind::Presence { .. } => None,
+        };
+        let ok = self.peek(|w| {
+            Ok(w.member_person(n.workspace, &from) == Some(person)
+                && w.may_hear(&from, n.workspace, channel))
+        })?;
+        if !ok {
+            return Err(ModelError::NotAllowed(
+                "an ephemeral note from a device that is not a member who may see it",
+            )
+            .into());
+        }
+        Ok(Note {
+            workspace: n.workspace,
+            person: n.person,
+            device: from,
+            kind: n.kind,
+            at_ms: n.at_ms,
+        })
+    }
+
+    /// How many documents synced with `peer` in `engine` are in sync, and how many behind.
+    pub fn sync_summary(&mut self, engine: &Engine, peer: &DeviceId) -> (usize, usize) {
+        self.peek(|w| Ok(engine.sync_summary(w, peer)))
+            .unwrap_or((0, 0))
+    }
+
+    /// The display name of the person a device belongs to, if we know them.
+    pub fn device_name(&self, device: &DeviceId) -> Option<String> {
+        self.conn
+            .query_row(
+                "SELECT m.name FROM devices d JOIN members m
+                   ON m.workspace = d.workspace AND m.person = d.person
+                 WHERE d.device = ?1 LIMIT 1",
+                [device.to_string()],
+                |r| r.get(0),
+            )
+            .optional()
+            .ok()
+            .flatten()
+    }
+
+    /// A person's display name in any workspace we share with them.
+    pub fn person_name(&self, person: &crdt_model::PersonId) -> Option<String> {
+        self.conn
+            .query_row(
+                "SELECT name FROM members WHERE person = ?1 ORDER BY role = 'removed' LIMIT 1",
+                [person.to_string()],
+                |r| r.get(0),
+            )
+            .optional()
+            .ok()
+            .flatten()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use crdt_model::channel::{self, BucketKey};

@@ -17,6 +17,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
+mod node;
 mod ui;
 
 const FLYT: &str = env!("CARGO_BIN_EXE_flyt");

@@ -129,6 +129,30 @@ impl Engine {
         self.peers.get(peer).map_or(0, |p| p.docs.len())
     }
 
+    /// How many of the documents synced with `peer` are in sync (both sides have the same
+    /// heads as far as the sync protocol knows), and how many are still behind.
+    pub fn sync_summary(&self, host: &mut impl Host, peer: &DeviceId) -> (usize, usize) {
+        let Some(p) = self.peers.get(peer) else {
+            return (0, 0);
+        };
+        let (mut in_sync, mut behind) = (0, 0);
+        for (doc, state) in &p.docs {
+            let Some(d) = host.doc(*doc) else { continue };
+            let mut heads = d.get_heads();
+            heads.sort();
+            let mut theirs = state.their_heads.clone().unwrap_or_default();
+            theirs.sort();
+            let mut shared = state.shared_heads.clone();
+            shared.sort();
+            if state.their_heads.is_some() && theirs == heads && shared == heads {
+                in_sync += 1;
+            } else {
+                behind += 1;
+            }
+        }
+        (in_sync, behind)
+    }
+
     /// Handles one event and returns what to do.
     pub fn handle(&mut self, host: &mut impl Host, event: Event) -> Vec<Action> {
         let mut out = Vec::new();
@@ -251,6 +275,8 @@ impl Engine {
                 out,
             ),
             Frame::Refused { reason } => self.close(peer, CloseReason::Refused(reason), out),
+            // Ephemeral notes are the runtime's (checked and shown, never stored).
+            Frame::Ephemeral { .. } => {}
         }
     }
 

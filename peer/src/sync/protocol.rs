@@ -130,6 +130,12 @@ pub enum Frame {
         /// Workspaces whose documents now certify the new device.
         workspaces: Vec<DocId>,
     },
+    /// An ephemeral note (typing, presence): `Signed<crdt_model::signed::Ephemeral>` bytes.
+    /// Never stored and never synced onward; the runtime checks it, the engine ignores it.
+    Ephemeral {
+        /// The signed envelope.
+        signed: Vec<u8>,
+    },
 }
 
 /// A secret key in a frame; its `Debug` never shows it.
@@ -233,6 +239,8 @@ mod tests {
             (id.clone(), proptest::collection::vec(any::<u8>(), 0..300))
                 .prop_map(|(doc, data)| Frame::Sync { doc, data }),
             id.clone().prop_map(|doc| Frame::Unavailable { doc }),
+            proptest::collection::vec(any::<u8>(), 0..200)
+                .prop_map(|signed| Frame::Ephemeral { signed }),
             (id.clone(), id).prop_map(|(channel, workspace)| Frame::Have {
                 docs: vec![
                     DocRef::Channel {

@@ -179,8 +179,16 @@ async fn a_fresh_home_onboards_and_chats() {
     let members = ok(&api, json!({"cmd": "members"})).await;
     assert_eq!(members[0]["name"], "alicia");
     assert_eq!(members[0]["role"], "owner");
+    assert_eq!(members[0]["online"], "offline", "nobody is connected");
     let st = ok(&api, json!({"cmd": "status"})).await;
-    assert_eq!(st, json!({"online": false, "peers": [], "relays": []}));
+    assert_eq!(
+        st,
+        json!({"online": false, "peers": [], "relays": [],
+               "catching_up": {"done": 0, "total": 0}})
+    );
+    // Typing with nobody connected reaches nobody, and is no error.
+    let t = ok(&api, json!({"cmd": "typing", "channel": "general"})).await;
+    assert_eq!(t, json!({"sent_to": 0}));
     api.shutdown().await;
 }
 

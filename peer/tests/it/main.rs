@@ -6,6 +6,7 @@ mod common;
 mod concurrency;
 mod converge;
 mod devices;
+mod ephemeral;
 mod errors;
 mod node;
 mod private;
