@@ -306,30 +306,13 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
 }
 
 fn default_home() -> Result<PathBuf> {
-    Ok(dirs::data_dir()
-        .context("no data directory for this user; pass --home DIR or set FLYT_HOME")?
-        .join("flyt"))
+    peer::home::data_home()
+        .context("no data directory for this user; pass --home DIR or set FLYT_HOME")
 }
 
 fn open(home: &std::path::Path) -> Result<Store> {
-    create_private_dir(home)?;
-    Store::open(&home.join("flyt.db")).with_context(|| format!("opening {}", home.display()))
-}
-
-/// The home holds secret keys: owner-only permissions.
-fn create_private_dir(dir: &std::path::Path) -> Result<()> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .with_context(|| format!("creating {}", dir.display()))?;
-    }
-    #[cfg(not(unix))]
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    Ok(())
+    peer::home::create(home).with_context(|| format!("creating {}", home.display()))?;
+    Store::open(&peer::home::db_path(home)).with_context(|| format!("opening {}", home.display()))
 }
 
 fn run(cli: Cli, out: &mut output::Out) -> Result<()> {

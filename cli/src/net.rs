@@ -79,7 +79,7 @@ pub fn serve_ui(
 ) -> Result<()> {
     crate::ui::check_loopback(ui_addr)?;
     runtime()?.block_on(crate::ui::run(
-        &home.join("flyt.db"),
+        home,
         bind,
         ui_addr,
         ui_dir,

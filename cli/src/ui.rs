@@ -21,7 +21,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use futures_util::Stream;
-use peer::api::{Api, ApiError, Batch, ErrorCode, lagged_batch};
+use peer::api::{Api, ApiError, Batch, ErrorCode, next_batch};
 use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::broadcast;
@@ -190,14 +190,9 @@ fn batches(
     stop: CancellationToken,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     futures_util::stream::unfold((rx, stop), |(mut rx, stop)| async move {
-        let next = tokio::select! {
+        let batch = tokio::select! {
             _ = stop.cancelled() => return None,
-            next = rx.recv() => next,
-        };
-        let batch = match next {
-            Ok(b) => b,
-            Err(broadcast::error::RecvError::Lagged(_)) => lagged_batch(),
-            Err(broadcast::error::RecvError::Closed) => return None,
+            next = next_batch(&mut rx) => next?,
         };
         let data = serde_json::to_string(&*batch).expect("events serialize");
         Some((Ok(Event::default().data(data)), (rx, stop)))
@@ -206,7 +201,7 @@ fn batches(
 
 /// `flyt serve --ui`: the node through the API, the HTTP face, until Ctrl-C or SIGTERM.
 pub async fn run(
-    db: &Path,
+    home: &Path,
     bind: SocketAddr,
     ui_addr: SocketAddr,
     ui: Result<PathBuf, String>,
@@ -220,13 +215,10 @@ pub async fn run(
         out.note(&format!("note: {why}; the API works, the page does not"))?;
     }
     let api = Arc::new(
-        Api::open(peer::node::NodeConfig {
-            db: db.to_owned(),
-            bind,
-        })
-        .await
-        .map_err(|e| anyhow::anyhow!("{}", e.message))
-        .context("starting the node")?,
+        Api::open_home(home, bind)
+            .await
+            .map_err(|e| anyhow::anyhow!("{}", e.message))
+            .context("starting the node")?,
     );
     out.ui_url(&url)?;
     let stop = CancellationToken::new();
