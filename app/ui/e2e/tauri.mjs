@@ -93,13 +93,13 @@ class Driver {
     this.session = null;
   }
 
-  async cmd(method, path, body) {
+  async cmd(method, path, body, ms = T * 2) {
     const url = `${this.base}${path.replace(":s", this.session ?? "")}`;
     const res = await fetch(url, {
       method,
       headers: body ? { "content-type": "application/json" } : undefined,
       body: body ? JSON.stringify(body) : undefined,
-      signal: AbortSignal.timeout(T * 2),
+      signal: AbortSignal.timeout(ms),
     });
     const json = await res.json().catch(() => ({}));
     if (!res.ok) {
@@ -178,7 +178,15 @@ class Driver {
   }
 
   async screenshot(path) {
-    const png = await this.cmd("GET", "/session/:s/screenshot");
+    // WebKitGTK takes the shot after the page's next rendering update, and an idle page under
+    // Xvfb has none: keep one coming for a few seconds (an invisible one-pixel change).
+    await this.script(`const el = document.createElement("div");
+      el.style.cssText = "position:fixed;left:0;top:0;width:1px;height:1px;opacity:0.01;pointer-events:none";
+      document.body.appendChild(el);
+      const end = performance.now() + 5000;
+      const tick = (t) => { el.style.background = el.style.background ? "" : "#000"; if (t < end) requestAnimationFrame(tick); else el.remove(); };
+      requestAnimationFrame(tick);`);
+    const png = await this.cmd("GET", "/session/:s/screenshot", undefined, 20_000);
     writeFileSync(path, Buffer.from(png, "base64"));
   }
 }
@@ -200,6 +208,7 @@ async function step(name, f) {
   } catch (e) {
     failures++;
     console.log(`FAIL ${name}\n${e.stack ?? e}`);
+    if (driver) console.log(`WebKitWebDriver and app output:\n${driver.log.slice(-30).join("\n")}`);
     if (wd?.session) {
       mkdirSync(out, { recursive: true });
       await wd.screenshot(join(out, "tauri-failure.png")).catch(() => undefined);
@@ -236,6 +245,7 @@ try {
       // No GPU under Xvfb: WebKit's software path.
       LIBGL_ALWAYS_SOFTWARE: "1",
       WEBKIT_DISABLE_DMABUF_RENDERER: "1",
+      WEBKIT_DISABLE_COMPOSITING_MODE: "1",
     },
   });
   wd = new Driver(`http://127.0.0.1:${port}`);
