@@ -313,30 +313,13 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
 }
 
 fn default_home() -> Result<PathBuf> {
-    Ok(dirs::data_dir()
-        .context("no data directory for this user; pass --home DIR or set FLYT_HOME")?
-        .join("flyt"))
+    peer::home::data_home()
+        .context("no data directory for this user; pass --home DIR or set FLYT_HOME")
 }
 
 fn open(home: &std::path::Path) -> Result<Store> {
-    create_private_dir(home)?;
-    Store::open(&home.join("flyt.db")).with_context(|| format!("opening {}", home.display()))
-}
-
-/// The home holds secret keys: owner-only permissions.
-fn create_private_dir(dir: &std::path::Path) -> Result<()> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .with_context(|| format!("creating {}", dir.display()))?;
-    }
-    #[cfg(not(unix))]
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    Ok(())
+    peer::home::create(home).with_context(|| format!("creating {}", home.display()))?;
+    Store::open(&peer::home::db_path(home)).with_context(|| format!("opening {}", home.display()))
 }
 
 /// How a command reaches this home's storage: directly (no node runs), or through the running
@@ -363,7 +346,7 @@ fn run(cli: Cli, out: &mut output::Out) -> Result<()> {
         Some(h) => h,
         None => default_home()?,
     };
-    create_private_dir(&home)?;
+    peer::home::create(&home).with_context(|| format!("creating {}", home.display()))?;
     // While `flyt serve` runs, it does every command (it alone writes the database).
     let via_node = !matches!(
         cli.command,
@@ -718,7 +701,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(peer::net::QUIET_LOGS)),
         )
         .with_writer(std::io::stderr)
         .init();

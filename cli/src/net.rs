@@ -69,13 +69,10 @@ pub fn serve(
             None => None,
         };
         let api = Arc::new(
-            Api::open(NodeConfig {
-                db: home.join("flyt.db"),
-                bind,
-            })
-            .await
-            .map_err(|e| anyhow::anyhow!("{}", e.message))
-            .context("starting the node")?,
+            Api::open_home(home, bind)
+                .await
+                .map_err(|e| anyhow::anyhow!("{}", e.message))
+                .context("starting the node")?,
         );
         let stop = CancellationToken::new();
         let mut events = None;

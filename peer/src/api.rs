@@ -16,6 +16,8 @@
 //! first event after a quiet spell goes out at once.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -562,6 +564,16 @@ pub fn lagged_batch() -> Batch {
     ])
 }
 
+/// The next batch for a transport to send: a subscriber that fell behind gets
+/// [`lagged_batch`] instead of what it missed; `None` once the API has stopped.
+pub async fn next_batch(rx: &mut broadcast::Receiver<Batch>) -> Option<Batch> {
+    match rx.recv().await {
+        Ok(b) => Some(b),
+        Err(broadcast::error::RecvError::Lagged(_)) => Some(lagged_batch()),
+        Err(broadcast::error::RecvError::Closed) => None,
+    }
+}
+
 /// Messages the store projected since the batcher last looked, by channel.
 #[derive(Debug, Default)]
 pub(crate) struct Touched {
@@ -630,7 +642,24 @@ impl Api {
         }
     }
 
-    /// Event batches from now on.
+    /// The API over the home folder `home` (created, owner-only, if it is new) with its node
+    /// on `bind`: how both transports (the desktop app, `flyt serve --ui`) start.
+    pub async fn open_home(home: &Path, bind: SocketAddr) -> Result<Api, ApiError> {
+        crate::home::create(home).map_err(|e| {
+            error!("api: creating {}: {e}", home.display());
+            ApiError::new(
+                ErrorCode::Internal,
+                format!("Flyt cannot create its folder {}: {e}.", home.display()),
+            )
+        })?;
+        Api::open(NodeConfig {
+            db: crate::home::db_path(home),
+            bind,
+        })
+        .await
+    }
+
+    /// Event batches from now on; read them with [`next_batch`].
     pub fn subscribe(&self) -> broadcast::Receiver<Batch> {
         self.batches.subscribe()
     }

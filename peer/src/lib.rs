@@ -9,6 +9,7 @@
 
 pub mod api;
 pub mod docs;
+pub mod home;
 pub mod net;
 pub mod node;
 mod project;

@@ -56,6 +56,11 @@ use tracing::{Instrument, debug, debug_span};
 
 use crate::sync::protocol::{ALPN, Frame, FrameDecoder, FrameError, MAX_FRAME};
 
+/// The default log filter of Flyt's binaries: warnings and errors, but not iroh 1.4's relay
+/// transport's "relay_recv_channel closed", which it logs as an error on every clean close
+/// (iroh#3749). `RUST_LOG` replaces it.
+pub const QUIET_LOGS: &str = "warn,iroh::socket::transports::relay=off";
+
 /// What a bind error names when there was no address (a relay-only endpoint).
 const LOOPBACK_ANY: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0);
@@ -270,6 +275,8 @@ fn device_id(id: iroh::EndpointId) -> DeviceId {
 pub struct Transport {
     endpoint: Endpoint,
     id: DeviceId,
+    /// Whether the endpoint has iroh's relay transport ([`Transport::bind_relaying`]).
+    relaying: bool,
     /// Relays added with [`Transport::add_relay`], offered on every dial.
     relays: StdMutex<Vec<RelayUrl>>,
     incoming: Mutex<mpsc::Receiver<Result<Conn, NetError>>>,
@@ -288,10 +295,34 @@ impl Transport {
     /// [`Transport::close`] returns, so a node restarting on its own address in the same process
     /// can find it still taken.
     pub async fn bind(device_secret: [u8; 32], bind: SocketAddr) -> Result<Transport, NetError> {
+        Self::bind_retrying(device_secret, bind, false).await
+    }
+
+    /// [`Transport::bind`], with iroh's relay transport and `relays` (`flyt-relay` base URLs)
+    /// in its map: the endpoint is reachable through them and can use more
+    /// ([`Transport::add_relay`]). Only then: iroh 1.4's relay transport logs an error when the
+    /// endpoint closes (iroh#3749), so a node with no relay goes without it.
+    pub async fn bind_relaying(
+        device_secret: [u8; 32],
+        bind: SocketAddr,
+        relays: &[String],
+    ) -> Result<Transport, NetError> {
+        let t = Self::bind_retrying(device_secret, bind, true).await?;
+        for r in relays {
+            t.add_relay(r, None).await?;
+        }
+        Ok(t)
+    }
+
+    async fn bind_retrying(
+        device_secret: [u8; 32],
+        bind: SocketAddr,
+        relaying: bool,
+    ) -> Result<Transport, NetError> {
         let deadline = tokio::time::Instant::now() + REBIND_GRACE;
         let mut pause = Duration::from_millis(1);
         loop {
-            match Self::bind_once(device_secret, Some(bind)).await {
+            match Self::bind_once(device_secret, Some(bind), relaying).await {
                 Err(e)
                     if bind.port() != 0
                         && e.is_addr_in_use()
@@ -310,20 +341,25 @@ impl Transport {
     /// relays ([`Transport::add_relay`]). What a node behind a NAT that drops all unsolicited
     /// traffic amounts to; the tests use it to prove the relay path works with no direct one.
     pub async fn bind_relay_only(device_secret: [u8; 32]) -> Result<Transport, NetError> {
-        Self::bind_once(device_secret, None).await
+        Self::bind_once(device_secret, None, true).await
     }
 
     async fn bind_once(
         device_secret: [u8; 32],
         bind: Option<SocketAddr>,
+        relaying: bool,
     ) -> Result<Transport, NetError> {
         let bind_err = |e: Box<dyn std::error::Error + Send + Sync>| NetError::Bind {
             addr: bind.unwrap_or(LOOPBACK_ANY),
             source: e,
         };
-        // A relay transport with an empty map: relays come from the workspace (add_relay).
+        // Relaying: a relay transport with an empty map; relays come from the workspaces.
         let builder = Endpoint::builder(presets::Minimal)
-            .relay_mode(RelayMode::Custom(RelayMap::empty()))
+            .relay_mode(if relaying {
+                RelayMode::Custom(RelayMap::empty())
+            } else {
+                RelayMode::Disabled
+            })
             .clear_address_lookup()
             .portmapper_config(PortmapperConfig::Disabled)
             // Latency probes (`GET /ping`) go only to the relays in the map, which are our
@@ -360,6 +396,7 @@ impl Transport {
         Ok(Transport {
             endpoint,
             id,
+            relaying,
             relays: StdMutex::new(Vec::new()),
             incoming: Mutex::new(rx),
             cancel,
@@ -402,9 +439,14 @@ impl Transport {
     /// to it (its home relay) so peers can reach it there, and every dial offers it. `token`
     /// goes to the relay as its bearer token (a joiner's invite ticket: the relay admits only
     /// members' devices, and devices holding a valid invite). Adding a relay again replaces its
-    /// token. Returns whether it was new.
+    /// token. Returns whether it was new; always `false` on an endpoint bound without relaying
+    /// (it takes effect when the node next starts).
     pub async fn add_relay(&self, url: &str, token: Option<String>) -> Result<bool, NetError> {
         let url = relay_url(url)?;
+        if !self.relaying {
+            debug!(%url, "not relaying: the relay is used from the next start");
+            return Ok(false);
+        }
         let new = {
             let mut relays = self.relays.lock().expect("not poisoned");
             let new = !relays.contains(&url);

@@ -517,10 +517,26 @@ fn store_thread(
 impl Node {
     /// Opens the store, binds the endpoint with this device's key and starts accepting.
     pub async fn start(cfg: NodeConfig) -> Result<Node, NodeError> {
-        let store = Store::open(&cfg.db)?;
+        let mut store = Store::open(&cfg.db)?;
         let secret = store.identity()?.device.to_bytes();
         let received = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let transport = Arc::new(Transport::bind(secret, cfg.bind).await?);
+        // With relays in our workspaces (or in a known peer's addresses, as a ticket gave
+        // them), the endpoint also uses their `/relay`.
+        let mut relays: Vec<String> = store
+            .relay_peers()?
+            .into_iter()
+            .flat_map(|p| p.relays)
+            .collect();
+        for (id, addrs) in store.known_peers()? {
+            relays.extend(PeerAddr::parse(id, &addrs).relays);
+        }
+        relays.sort();
+        relays.dedup();
+        let transport = Arc::new(if relays.is_empty() {
+            Transport::bind(secret, cfg.bind).await?
+        } else {
+            Transport::bind_relaying(secret, cfg.bind, &relays).await?
+        });
         let (cmd, rx) = mpsc::unbounded_channel();
         let (events, _) = broadcast::channel(4096);
         let ev = events.clone();

@@ -22,10 +22,12 @@ struct Cli {
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| EnvFilter::new("info,iroh=warn,tower_http=info")),
-        )
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+            EnvFilter::new(
+                // iroh's relay transport: see peer::net::QUIET_LOGS.
+                "info,iroh=warn,iroh::socket::transports::relay=off,tower_http=info",
+            )
+        }))
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();

@@ -363,3 +363,54 @@ async fn join_then_a_burst_arrives_in_a_few_batches() {
     alice.shutdown().await;
     bob.shutdown().await;
 }
+
+#[tokio::test]
+async fn open_home_creates_a_private_home_that_onboards() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("new/home");
+    let api = Api::open_home(&home, "127.0.0.1:0".parse().unwrap())
+        .await
+        .expect("a fresh home opens");
+    assert_eq!(
+        ok(&api, json!({"cmd": "whoami"})).await["initialized"],
+        false
+    );
+    ok(&api, json!({"cmd": "init", "name": "ann"})).await;
+    assert!(peer::home::db_path(&home).is_file());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&home).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700, "{mode:o}");
+    }
+    api.shutdown().await;
+}
+
+#[tokio::test]
+async fn open_home_on_a_file_says_which_folder_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("home");
+    std::fs::write(&file, "not a folder").unwrap();
+    let e = Api::open_home(&file, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::Internal);
+    assert!(e.message.contains("cannot create its folder"), "{e:?}");
+    assert!(e.message.contains(&file.display().to_string()), "{e:?}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "not a folder");
+}
+
+#[tokio::test]
+async fn next_batch_turns_a_lag_into_a_refresh_and_ends_when_the_api_does() {
+    let (tx, mut rx) = broadcast::channel::<Batch>(1);
+    let one: Batch = std::sync::Arc::new(vec![ApiEvent::Channels]);
+    let two: Batch = std::sync::Arc::new(vec![ApiEvent::Members]);
+    tx.send(one).unwrap();
+    tx.send(two.clone()).unwrap();
+    // The first batch was overwritten: the subscriber is told to refetch everything.
+    let lagged = peer::api::next_batch(&mut rx).await.unwrap();
+    assert_eq!(*lagged, *peer::api::lagged_batch());
+    assert_eq!(*peer::api::next_batch(&mut rx).await.unwrap(), *two);
+    drop(tx);
+    assert!(peer::api::next_batch(&mut rx).await.is_none());
+}
