@@ -145,6 +145,10 @@ pub enum Request {
     MarkRead {
         /// Channel id or name.
         channel: String,
+        /// Read up to this message (the newest the reader saw), not beyond: a message that
+        /// arrived meanwhile stays unread. Without it, up to the channel's newest.
+        #[serde(default)]
+        up_to: Option<String>,
     },
     /// Members of the current workspace: `[MemberView]`.
     Members,
@@ -814,10 +818,13 @@ impl Api {
                 })
                 .await
             }
-            Request::MarkRead { channel } => {
+            Request::MarkRead { channel, up_to } => {
                 self.call(move |s| {
                     let ch = s.find_channel(&channel)?;
-                    s.mark_read(ch)
+                    match up_to {
+                        Some(id) => s.mark_read_up_to(ch, s.resolve_message(&id)?),
+                        None => s.mark_read(ch),
+                    }
                 })
                 .await
             }
@@ -1170,6 +1177,9 @@ impl Pending {
                 _ => {}
             }
         }
+        // A message projected here changes its channel's unread and mention counts, whichever
+        // node event announced it.
+        channels |= !touched.by_channel.is_empty();
         let mut refresh = touched.overflow;
         for d in self.docs {
             match s.doc_kind(d) {

@@ -574,6 +574,22 @@ impl Store {
         Ok(())
     }
 
+    /// Marks a channel read up to message `upto` (a main-timeline message of it), never moving
+    /// the mark back: what arrived after it stays unread.
+    pub fn mark_read_up_to(&mut self, channel: DocId, upto: MessageId) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO read_state (channel, last_read_ts, last_read_id)
+             SELECT channel, ts, id FROM messages
+              WHERE channel = ?1 AND id = ?2 AND thread_root IS NULL
+             ON CONFLICT (channel) DO UPDATE SET last_read_ts = excluded.last_read_ts,
+                 last_read_id = excluded.last_read_id
+              WHERE (excluded.last_read_ts, excluded.last_read_id)
+                  > (read_state.last_read_ts, read_state.last_read_id)",
+            params![channel.to_string(), upto.to_string()],
+        )?;
+        Ok(())
+    }
+
     /// Resolves a full message id or a unique prefix of at least 4 characters.
     pub fn resolve_message(&self, s: &str) -> Result<MessageId, StoreError> {
         let s = s.trim().to_ascii_lowercase();

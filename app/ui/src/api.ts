@@ -107,7 +107,7 @@ export interface Requests {
   delete: [{ id: string }, Message];
   react: [{ id: string; emoji: string; on: boolean }, Message];
   search: [{ query: string; channel?: string; limit?: number }, Message[]];
-  mark_read: [{ channel: string }, null];
+  mark_read: [{ channel: string; up_to?: string }, null];
   members: [{}, Member[]];
   member_role: [{ person: string; role: string }, null];
   member_remove: [{ person: string }, null];

@@ -252,6 +252,8 @@ export async function markRead(id: string) {
   const ch = state.channels.find((c) => c.id === id);
   if (ch && ch.unread === 0 && ch.mentions === 0) return;
   clearTimeout(readTimers.get(id));
+  // Read up to what is on screen now: a message arriving during the debounce stays unread.
+  const seen = state.byChannel[id]?.items.filter((m) => !m.thread_root).at(-1)?.id;
   readTimers.set(
     id,
     setTimeout(() => {
@@ -259,8 +261,9 @@ export async function markRead(id: string) {
       update((s) => ({
         channels: s.channels.map((c) => (c.id === id ? { ...c, unread: 0, mentions: 0 } : c)),
       }));
-      void call("mark_read", { channel: id })
-        .then(refreshWorkspaces)
+      void call("mark_read", seen ? { channel: id, up_to: seen } : { channel: id })
+        // The mark may stop short of the newest (up_to): the server has the true counts.
+        .then(() => Promise.all([refreshChannels(), refreshWorkspaces()]))
         .catch(() => undefined);
     }, 300),
   );
