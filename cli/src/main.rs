@@ -7,7 +7,6 @@
 mod control;
 mod net;
 mod output;
-mod relay;
 mod ui;
 
 use std::io::Write;
@@ -16,7 +15,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use peer::Store;
+use peer::{Store, relay_client};
 
 /// Flyt: local-first team chat.
 #[derive(Debug, Parser)]
@@ -556,14 +555,14 @@ fn exec<A: Access>(
         }
         Command::Relay(RelayCmd::Add { url }) => {
             a.with(|s| Ok(s.identity().map(|_| ())?))?;
-            let url = url.trim_end_matches('/').to_owned();
-            let info = relay::info(&url)?;
+            let url = relay_client::normalize(&url)?;
+            let info = relay_client::info(&url)?;
             let u = url.clone();
             let saved = a.with(move |s| {
                 let ws = s.add_relay(&u, info.id, info.addrs)?;
                 Ok(s.workspace_save(ws)?)
             })?;
-            relay::join(&url, &saved)?;
+            relay_client::join(&url, &saved)?;
             let rows = a.with(|s| Ok(s.relays()?))?;
             out.relays(&rows)?;
         }
@@ -586,7 +585,7 @@ fn exec<A: Access>(
             })?;
             // Members' nodes stop talking to the relay at once, so tell it directly.
             if let Some((_, l)) = removed {
-                relay::join(&l.url, &saved).with_context(|| {
+                relay_client::join(&l.url, &saved).with_context(|| {
                     format!("removed here, but {} was not told and still serves the workspace; run this again when it is reachable", l.url)
                 })?;
             }

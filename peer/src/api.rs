@@ -6,7 +6,7 @@
 //! `/events`). The contract both implement, and the UI in `app/ui` is written against, is
 //! `peer/src/api.md`.
 //!
-//! [`Api`] starts its node lazily: a home without an identity answers `whoami` and `init`
+//! [`Api`] starts its node lazily: a home without an identity answers `whoami`, `init` and `device_join`
 //! only; once `init` has run (here or from the CLI) the node starts and every other request
 //! works. Each request is one closure on the node's store thread ([`Node::call`]), so the web
 //! view never touches the network or the database.
@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, warn};
 
 use crate::node::{Node, NodeConfig, NodeError, NodeEvent};
+use crate::relay_client::{self, RelayClientError};
 use crate::{ChannelRow, MessageRow, Store, StoreError};
 
 /// Events are sent at most this often (one frame at 60 Hz).
@@ -57,6 +58,13 @@ pub enum Request {
     Init {
         /// Display name.
         name: String,
+    },
+    /// Instead of `init`: makes this fresh home another device of the person whose
+    /// device-link ticket this is (the issuing device must be running), then waits for their
+    /// first workspace. Answers like `whoami`.
+    DeviceJoin {
+        /// The `flytdev1…` ticket.
+        ticket: String,
     },
     /// `[{ id, name, current, role, unread, mentions, members }]`.
     Workspaces,
@@ -190,6 +198,34 @@ pub enum Request {
         /// `online` or `away`.
         state: String,
     },
+    /// Opens the direct message with one person, or the group DM with several (created if
+    /// it does not exist yet; both sides get the same one): its [`ChannelView`].
+    Dm {
+        /// Person keys (what the UI should send) or display names; not me.
+        people: Vec<String>,
+    },
+    /// The current workspace's relays: `[RelayView]`.
+    Relays,
+    /// Adds a relay to the current workspace (owners and admins): asks `{url}/info` who it
+    /// is, records it in the workspace document, hands it the document (`POST /join`). Its
+    /// [`RelayView`].
+    RelayAdd {
+        /// The relay's `http://` URL.
+        url: String,
+    },
+    /// Removes a relay (owners and admins) and tells it: `{ relay_told }`.
+    RelayRemove {
+        /// Its URL or id.
+        url: String,
+    },
+    /// My devices (every device certified for me): `[DeviceView]`.
+    Devices,
+    /// A single-use ticket that makes a fresh home another device of mine:
+    /// `{ ticket, expires_ts }`.
+    DeviceLink {
+        /// Valid for this long (default 10 minutes, at most a day).
+        expires_secs: Option<u64>,
+    },
 }
 
 fn yes() -> bool {
@@ -200,6 +236,7 @@ fn yes() -> bool {
 const COMMANDS: &[&str] = &[
     "whoami",
     "init",
+    "device_join",
     "workspaces",
     "workspace_create",
     "workspace_use",
@@ -221,6 +258,12 @@ const COMMANDS: &[&str] = &[
     "status",
     "typing",
     "presence",
+    "dm",
+    "relays",
+    "relay_add",
+    "relay_remove",
+    "devices",
+    "device_link",
 ];
 
 /// Why a request failed: a stable code for programs and one sentence for people.
@@ -356,6 +399,9 @@ impl From<StoreError> for ApiError {
                 NotFound,
                 format!("There is no member {m:?} in this workspace."),
             ),
+            StoreError::UnknownRelay(r) => {
+                (NotFound, format!("This workspace has no relay {r:?}."))
+            }
             StoreError::UnknownMessage(_) => (
                 NotFound,
                 "That message does not exist (or has not synced yet).".to_owned(),
@@ -393,6 +439,46 @@ impl From<NodeError> for ApiError {
                 format!("The other device did not answer in time ({what})."),
             ),
             NodeError::Stopped => (Unavailable, "Flyt is shutting down.".to_owned()),
+        };
+        ApiError { code, message }
+    }
+}
+
+impl From<RelayClientError> for ApiError {
+    fn from(e: RelayClientError) -> ApiError {
+        use ErrorCode::*;
+        let (code, message) = match &e {
+            RelayClientError::BadUrl(_) => (
+                BadRequest,
+                "A relay address starts with http://, like http://relay.example.com:8787."
+                    .to_owned(),
+            ),
+            RelayClientError::Https(_) => (
+                BadRequest,
+                "This Flyt reaches relays over http:// only; use the relay's http:// address."
+                    .to_owned(),
+            ),
+            RelayClientError::Unreachable { url, source } => {
+                debug!("api: relay {url}: {source}");
+                (
+                    Unavailable,
+                    format!(
+                        "Nothing answered at {url}; check the address and that the relay is \
+                         running."
+                    ),
+                )
+            }
+            RelayClientError::NotARelay { url, .. } => (
+                BadRequest,
+                format!("{url} answered, but it is not a Flyt relay."),
+            ),
+            RelayClientError::Refused { url, message, .. } => (
+                NotAllowed,
+                format!(
+                    "The relay at {url} refused: {}",
+                    sentence(message.trim_end_matches('.'))
+                ),
+            ),
         };
         ApiError { code, message }
     }
@@ -448,6 +534,46 @@ pub struct ChannelView {
     pub mentions: i64,
     /// When its newest message was posted (ms), if it has one.
     pub last_ts: Option<i64>,
+    /// Who is in a DM or private channel, me included (empty for public channels: every
+    /// member is).
+    pub members: Vec<ChannelMemberView>,
+}
+
+/// Someone in a DM or private channel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelMemberView {
+    /// Person key.
+    pub person: String,
+    /// Display name (the start of the key if unknown).
+    pub name: String,
+}
+
+/// A relay of the current workspace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayView {
+    /// Its device (iroh endpoint) id.
+    pub id: String,
+    /// Its HTTP URL.
+    pub url: String,
+    /// Direct UDP addresses of its endpoint.
+    pub addrs: Vec<String>,
+    /// The display name of who added it.
+    pub added_by: String,
+    /// When, ms.
+    pub added_ts: i64,
+    /// This node is connected to it right now.
+    pub connected: bool,
+}
+
+/// One of my devices.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceView {
+    /// Its device key.
+    pub device: String,
+    /// The device this app runs on.
+    pub this: bool,
+    /// Connected to this node right now (always false for this device).
+    pub connected: bool,
 }
 
 /// A member of the current workspace.
@@ -471,7 +597,7 @@ pub struct StatusView {
     pub online: bool,
     /// Peers this node knows and keeps connected to.
     pub peers: Vec<PeerView>,
-    /// Relays this node uses (none until the relay lands).
+    /// URLs of the relays (of any of this home's workspaces) connected right now.
     pub relays: Vec<String>,
     /// Documents in sync with the connected peers, of all those being synced with them.
     pub catching_up: CatchingUp,
@@ -734,6 +860,7 @@ impl Api {
                 .map_err(|e| ApiError::internal(&e))??;
                 self.call(|s| Ok(whoami(s))).await
             }
+            Request::DeviceJoin { ticket } => self.device_join(ticket).await,
             Request::Workspaces => self.call(workspaces).await,
             Request::WorkspaceCreate { name } => {
                 self.call(move |s| {
@@ -873,37 +1000,153 @@ impl Api {
                 self.node().await?.set_presence(state)?;
                 Ok(Value::Null)
             }
+            Request::Dm { people } => {
+                if people.iter().all(|p| p.trim().is_empty()) {
+                    return Err(ApiError::bad_request(
+                        "Pick at least one person to message.",
+                    ));
+                }
+                self.call(move |s| {
+                    let id = s.open_dm(&people)?.to_string();
+                    let row = s.channels()?.into_iter().find(|c| c.id == id);
+                    channel_view(s, row.ok_or(StoreError::UnknownChannel(id))?)
+                })
+                .await
+            }
+            Request::Relays => {
+                let connected = self.node().await?.connected();
+                self.call(move |s| relays(s, &connected)).await
+            }
+            Request::RelayAdd { url } => self.relay_add(url).await,
+            Request::RelayRemove { url } => self.relay_remove(url).await,
+            Request::Devices => {
+                let connected = self.node().await?.connected();
+                self.call(move |s| devices(s, &connected)).await
+            }
+            Request::DeviceLink { expires_secs } => {
+                let secs = expires_secs.unwrap_or(600);
+                if secs == 0 || secs > 86_400 {
+                    return Err(ApiError::bad_request(
+                        "A device-link ticket is valid for between 1 second and a day.",
+                    ));
+                }
+                let node = self.node().await?;
+                let addrs: Vec<String> = node.addr().addrs.iter().map(|a| a.to_string()).collect();
+                self.call(move |s| {
+                    let ticket = s.link_ticket(secs as i64 * 1000, addrs)?;
+                    let expires = crdt_model::invite::decode_link(&ticket, crate::now_ms())?
+                        .payload
+                        .expires_ms;
+                    Ok(json!({ "ticket": ticket, "expires_ts": expires }))
+                })
+                .await
+            }
         }
+    }
+
+    /// `relay_add`: nothing is recorded unless the relay answered as a Flyt relay and took
+    /// the workspace.
+    async fn relay_add(&self, url: String) -> Result<Value, ApiError> {
+        let url = relay_client::normalize(&url)?;
+        let node = self.node().await?;
+        // Refuse before asking the network: adding needs a role (the model checks it again).
+        let listed = node
+            .call(|s| -> Result<Vec<DeviceId>, StoreError> {
+                s.identity()?;
+                let ws = s.workspaces()?.into_iter().find(|w| w.current);
+                let ws = ws.ok_or(StoreError::NoWorkspace)?;
+                if ws.role != "owner" && ws.role != "admin" {
+                    return Err(ModelError::NotAllowed(
+                        "only owners and admins add or remove relays",
+                    )
+                    .into());
+                }
+                Ok(s.relays()?.into_iter().map(|(id, _)| id).collect())
+            })
+            .await??;
+        let info = blocking({
+            let url = url.clone();
+            move || relay_client::info(&url)
+        })
+        .await?;
+        let id = info.id;
+        let saved = node
+            .call({
+                let url = url.clone();
+                move |s| {
+                    let ws = s.add_relay(&url, info.id, info.addrs)?;
+                    s.workspace_save(ws)
+                }
+            })
+            .await??;
+        let joined = blocking({
+            let url = url.clone();
+            move || relay_client::join(&url, &saved)
+        })
+        .await;
+        if let Err(e) = joined {
+            // The relay would not serve the workspace: take the record back (unless it was
+            // listed before), so members do not try a relay that refuses them.
+            if !listed.contains(&id) {
+                let u = url.clone();
+                if let Err(undo) = node.call(move |s| s.remove_relay(&u)).await? {
+                    warn!("api: taking back relay {url} failed: {undo:#}");
+                }
+            }
+            return Err(e);
+        }
+        let connected = node.connected();
+        self.call(move |s| {
+            relays(s, &connected)?
+                .into_iter()
+                .find(|r| r.id == id.to_string())
+                .ok_or(StoreError::UnknownRelay(url))
+        })
+        .await
+    }
+
+    /// `relay_remove`: the removal is recorded first; the relay is then told, so it stops
+    /// serving the workspace (`relay_told: false` if it did not answer).
+    async fn relay_remove(&self, url: String) -> Result<Value, ApiError> {
+        let node = self.node().await?;
+        let (removed, saved) = node
+            .call(move |s| -> Result<_, StoreError> {
+                s.identity()?;
+                let key = url.trim().trim_end_matches('/');
+                let removed = s
+                    .relays()?
+                    .into_iter()
+                    .find(|(id, l)| l.url == key || id.to_string() == key)
+                    .map(|(_, l)| l.url);
+                let ws = s.remove_relay(key)?;
+                Ok((removed, s.workspace_save(ws)?))
+            })
+            .await??;
+        let told = match removed {
+            Some(url) => match blocking(move || relay_client::join(&url, &saved)).await {
+                Ok(()) => true,
+                Err(e) => {
+                    debug!("api: the removed relay was not told: {e}");
+                    false
+                }
+            },
+            None => false,
+        };
+        Ok(json!({ "relay_told": told }))
     }
 
     async fn join(&self, ticket: String) -> Result<Value, ApiError> {
         let node = self.node().await?;
         let mut events = node.subscribe();
         let ws = node.join(&ticket).await?;
-        let deadline = Instant::now() + JOIN_WAIT;
-        loop {
-            let have = node
-                .call(move |s| -> Result<bool, StoreError> {
-                    Ok(s.workspaces()?.iter().any(|w| w.id == ws.to_string()))
-                })
-                .await??;
-            if have {
-                break;
-            }
-            match tokio::time::timeout_at(deadline, events.recv()).await {
-                Ok(Ok(_) | Err(broadcast::error::RecvError::Lagged(_))) => {}
-                Ok(Err(broadcast::error::RecvError::Closed)) => {
-                    return Err(NodeError::Stopped.into());
-                }
-                Err(_) => {
-                    return Err(ApiError::new(
-                        ErrorCode::Unavailable,
-                        "The invite was accepted, but the workspace did not arrive within 30 \
-                         seconds; it keeps syncing in the background.",
-                    ));
-                }
-            }
-        }
+        arrival(&node, &mut events, ws).await.map_err(|e| match e {
+            Some(e) => e,
+            None => ApiError::new(
+                ErrorCode::Unavailable,
+                "The invite was accepted, but the workspace did not arrive within 30 seconds; it \
+                 keeps syncing in the background.",
+            ),
+        })?;
         self.call(move |s| {
             s.use_workspace(ws)?;
             let name = s.identity()?.name.clone();
@@ -911,6 +1154,32 @@ impl Api {
             Ok(json!({ "workspace": ws.to_string() }))
         })
         .await
+    }
+
+    async fn device_join(&self, ticket: String) -> Result<Value, ApiError> {
+        let workspaces = {
+            // No node starts (nor another link) while this home gets its identity.
+            let _starting = self.starting.lock().await;
+            if self.cancel.is_cancelled() {
+                return Err(NodeError::Stopped.into());
+            }
+            crate::node::link_device(&self.cfg.db, self.cfg.bind, &ticket).await?
+        };
+        let node = self.node().await?;
+        let mut events = node.subscribe();
+        if let Some(ws) = workspaces.first() {
+            arrival(&node, &mut events, *ws)
+                .await
+                .map_err(|e| match e {
+                    Some(e) => e,
+                    None => ApiError::new(
+                        ErrorCode::Unavailable,
+                        "This device is linked, but your workspaces did not arrive within 30 \
+                     seconds; they keep syncing in the background.",
+                    ),
+                })?;
+        }
+        self.call(|s| Ok(whoami(s))).await
     }
 
     async fn invite(
@@ -999,8 +1268,21 @@ fn workspaces(s: &mut Store) -> Result<Vec<WorkspaceView>, StoreError> {
 }
 
 fn channel_view(s: &Store, c: ChannelRow) -> Result<ChannelView, StoreError> {
+    let id = c.id.parse()?;
+    let members = if c.private || c.dm {
+        s.channel_members(id)?
+            .into_iter()
+            .map(|m| ChannelMemberView {
+                person: m.key,
+                name: m.name,
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     Ok(ChannelView {
-        last_ts: s.last_message_ts(c.id.parse()?)?,
+        last_ts: s.last_message_ts(id)?,
+        members,
         id: c.id,
         name: c.name,
         topic: c.topic,
@@ -1053,6 +1335,70 @@ fn members(s: &Store, presence: &PresenceMap) -> Result<Vec<MemberView>, StoreEr
         .collect())
 }
 
+fn relays(s: &mut Store, connected: &[DeviceId]) -> Result<Vec<RelayView>, StoreError> {
+    s.identity()?;
+    Ok(s.relays()?
+        .into_iter()
+        .map(|(id, l)| RelayView {
+            id: id.to_string(),
+            url: l.url,
+            addrs: l.addrs,
+            added_by: display_name(s, &l.by),
+            added_ts: l.at_ms,
+            connected: connected.contains(&id),
+        })
+        .collect())
+}
+
+fn devices(s: &Store, connected: &[DeviceId]) -> Result<Vec<DeviceView>, StoreError> {
+    Ok(s.devices()?
+        .into_iter()
+        .map(|d| DeviceView {
+            connected: connected.iter().any(|c| c.to_string() == d.device),
+            device: d.device,
+            this: d.this,
+        })
+        .collect())
+}
+
+/// Runs a blocking relay request off the runtime.
+async fn blocking<R: Send + 'static>(
+    f: impl FnOnce() -> Result<R, RelayClientError> + Send + 'static,
+) -> Result<R, ApiError> {
+    Ok(tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::internal(&e))??)
+}
+
+/// Waits until the workspace document `ws` is here (re-checking after each node event), for
+/// at most [`JOIN_WAIT`]: `Err(None)` when it did not arrive in time.
+async fn arrival(
+    node: &Node,
+    events: &mut broadcast::Receiver<NodeEvent>,
+    ws: DocId,
+) -> Result<(), Option<ApiError>> {
+    let deadline = Instant::now() + JOIN_WAIT;
+    loop {
+        let have = node
+            .call(move |s| -> Result<bool, StoreError> {
+                Ok(s.workspaces()?.iter().any(|w| w.id == ws.to_string()))
+            })
+            .await
+            .map_err(|e| Some(ApiError::from(e)))?
+            .map_err(|e| Some(ApiError::from(e)))?;
+        if have {
+            return Ok(());
+        }
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Ok(_) | Err(broadcast::error::RecvError::Lagged(_))) => {}
+            Ok(Err(broadcast::error::RecvError::Closed)) => {
+                return Err(Some(NodeError::Stopped.into()));
+            }
+            Err(_) => return Err(None),
+        }
+    }
+}
+
 /// What only the running node knows for `status`.
 #[derive(Debug, Clone, Default)]
 struct LiveStatus {
@@ -1067,7 +1413,7 @@ async fn live(node: &Node) -> Result<LiveStatus, ApiError> {
     })
 }
 
-fn status(s: &Store, live: &LiveStatus) -> Result<StatusView, StoreError> {
+fn status(s: &mut Store, live: &LiveStatus) -> Result<StatusView, StoreError> {
     let connected: Vec<String> = live.connected.iter().map(|d| d.to_string()).collect();
     let mut catching_up = CatchingUp::default();
     for p in &live.sync {
@@ -1106,10 +1452,18 @@ fn status(s: &Store, live: &LiveStatus) -> Result<StatusView, StoreError> {
             });
         }
     }
+    let mut relays: Vec<String> = s
+        .relay_peers()?
+        .into_iter()
+        .filter(|r| live.connected.contains(&r.id))
+        .flat_map(|r| r.relays)
+        .collect();
+    relays.sort();
+    relays.dedup();
     Ok(StatusView {
         online: !connected.is_empty(),
         peers,
-        relays: Vec::new(),
+        relays,
         catching_up,
     })
 }

@@ -14,6 +14,7 @@ pub mod net;
 pub mod node;
 mod project;
 mod query;
+pub mod relay_client;
 mod replica;
 pub mod schema;
 pub mod sync;

@@ -5,7 +5,7 @@
 import { spawn, execFile } from "node:child_process";
 import { mkdtempSync, rmSync, existsSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join, resolve } from "node:path";
+import { basename, dirname, join, resolve } from "node:path";
 import { promisify } from "node:util";
 import { chromium } from "playwright-core";
 
@@ -51,7 +51,23 @@ export async function flytWithin(ms, home, ...args) {
 
 /** A long-running `flyt` process whose output lines can be awaited. */
 export function start(home, ...args) {
-  const child = spawn(FLYT, ["--home", home, ...args], { stdio: ["ignore", "pipe", "pipe"] });
+  return startBin(FLYT, ["--home", home, ...args]);
+}
+
+/** `flyt-relay` (built beside `flyt`) on free loopback ports: the process and its HTTP URL. */
+export async function startRelay() {
+  const bin = join(dirname(FLYT), "flyt-relay");
+  if (!existsSync(bin)) return null;
+  const data = tempHome("relay");
+  const p = startBin(bin, ["--listen", "127.0.0.1:0", "--iroh-bind", "127.0.0.1:0", "--data-dir", data]);
+  // tracing colours its fields when it likes: match through the escape codes.
+  const line = (await p.waitFor(/relay started/, 60_000, "the relay to start")).replace(/\x1b\[[0-9;]*m/g, "");
+  return { proc: p, url: `http://${/http=(\S+)/.exec(line)[1]}` };
+}
+
+function startBin(bin, argv) {
+  const name = `${basename(bin)} ${argv.join(" ")}`;
+  const child = spawn(bin, argv, { stdio: ["ignore", "pipe", "pipe"] });
   children.add(child);
   const lines = [];
   const waiters = [];
@@ -78,7 +94,7 @@ export function start(home, ...args) {
   child.on("exit", (code) => {
     exited = code;
     children.delete(child);
-    for (const w of [...waiters]) w.fail(new Error(`flyt ${args.join(" ")} exited (${code}):\n${lines.slice(-20).join("\n")}`));
+    for (const w of [...waiters]) w.fail(new Error(`${name} exited (${code}):\n${lines.slice(-20).join("\n")}`));
   });
   return {
     child,
@@ -87,7 +103,7 @@ export function start(home, ...args) {
     waitFor(re, ms = 30_000, what = String(re)) {
       const seen = lines.find((l) => re.test(l));
       if (seen) return Promise.resolve(seen);
-      if (exited !== null) return Promise.reject(new Error(`flyt ${args.join(" ")} already exited (${exited})`));
+      if (exited !== null) return Promise.reject(new Error(`${name} already exited (${exited})`));
       return new Promise((resolveP, reject) => {
         const w = {
           test: (l) => re.test(l),
@@ -133,6 +149,16 @@ export async function browser() {
     headless: true,
     args: ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--font-render-hinting=none"],
   });
+}
+
+/** Resolves once `check()` (async) is true, trying again every 200 ms; rejects after `ms`. */
+export async function until(check, ms, what) {
+  const end = Date.now() + ms;
+  for (;;) {
+    if (await check()) return;
+    if (Date.now() > end) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
 }
 
 /** Median and 99th percentile (nearest rank) of `xs`. */

@@ -5,7 +5,7 @@
 import assert from "node:assert/strict";
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
-import { browser, flyt, serveUi, start, tempHome } from "./lib.mjs";
+import { browser, flyt, serveUi, start, tempHome, until } from "./lib.mjs";
 
 const T = 20_000; // the longest any single step may wait
 const deadline = setTimeout(() => {
@@ -105,6 +105,44 @@ try {
     await bobTail.waitFor(/welcome bob/, T, "bob's tail to print alice's message");
   });
 
+  await step("DM: start one with bob from the sidebar; he gets it, his answer arrives", async () => {
+    await page.getByRole("button", { name: "New direct message" }).click();
+    const dialog = page.getByRole("dialog", { name: "New direct message" });
+    await dialog.getByRole("checkbox", { name: "bob" }).check();
+    await dialog.getByRole("button", { name: "Open conversation" }).click();
+    const dmBox = page.getByRole("textbox", { name: "Message bob" });
+    await dmBox.waitFor();
+    // The sidebar lists it under Direct messages by bob's name.
+    const row = page.getByTestId("channel-@bob");
+    assert.equal((await row.innerText()).trim(), "bob");
+    await dmBox.fill("just between us, bob");
+    await dmBox.press("Enter");
+    await message("just between us, bob").waitFor();
+    // On bob's node (through his running `flyt serve`), the DM with alice holds it.
+    // (`read @alice` fails until the DM itself has arrived.)
+    await until(async () => {
+      const msgs = await flyt(bobHome, "--json", "read", "@alice").catch(() => []);
+      return msgs.some((m) => m.text === "just between us, bob" && m.author.name === "alice");
+    }, T, "alice's DM to reach bob");
+    const listed = await flyt(bobHome, "--json", "channel", "list");
+    assert.ok(listed.some((c) => c.dm && c.name === "@alice"), JSON.stringify(listed));
+    await flyt(bobHome, "dm", "alice", "got it, alice");
+    await message("got it, alice").waitFor();
+  });
+
+  await step("DM: the member list's Message opens the same conversation", async () => {
+    await page.getByTestId("channel-general").click();
+    await composer().waitFor();
+    await page.getByRole("button", { name: "Members" }).first().click();
+    const dialog = page.getByRole("dialog", { name: /^Members/ });
+    await dialog.getByTestId("member").filter({ hasText: "bob" }).getByRole("button", { name: "Message" }).click();
+    await page.getByRole("textbox", { name: "Message bob" }).waitFor();
+    await message("got it, alice").waitFor();
+    assert.equal(await page.getByTestId("channel-@bob").count(), 1, "one DM with bob, not two");
+    await page.getByTestId("channel-general").click();
+    await composer().waitFor();
+  });
+
   await step("react with the hover bar and the picker", async () => {
     const m = message("welcome bob");
     await m.hover();
@@ -185,6 +223,38 @@ try {
     await start.waitFor();
     await message("hi @alice, bob here").waitFor();
     await page.getByTestId("message").filter({ hasText: "This message was deleted." }).waitFor();
+  });
+
+  await step("settings: a relay URL that does not answer is refused kindly and adds nothing", async () => {
+    await page.getByRole("button", { name: "Settings" }).click();
+    const relays = page.getByTestId("relays");
+    await relays.getByText("No relays yet").waitFor();
+    await relays.getByLabel("Relay URL").fill("http://127.0.0.1:1");
+    await relays.getByRole("button", { name: "Add relay" }).click();
+    const err = relays.getByRole("alert");
+    await err.waitFor();
+    const text = await err.innerText();
+    assert.equal(text, "Nothing answered at http://127.0.0.1:1; check the address and that the relay is running.");
+    assert.equal(await relays.getByTestId("relay").count(), 0);
+    await relays.getByLabel("Relay URL").fill("relay.example.com");
+    await relays.getByRole("button", { name: "Add relay" }).click();
+    await relays.getByRole("alert").filter({ hasText: "starts with http://" }).waitFor();
+    // Nothing recorded: the CLI (through alice's running node) lists no relay either.
+    assert.deepEqual(await flyt(aliceHome, "--json", "relay", "list"), []);
+  });
+
+  await step("settings: link a device with the ticket; it shows among the devices", async () => {
+    const devices = page.getByTestId("devices");
+    await devices.getByTestId("device").filter({ hasText: "This device" }).waitFor();
+    await devices.getByRole("button", { name: "Link a new device" }).click();
+    const ticket = await devices.getByLabel("Device link ticket").inputValue();
+    assert.match(ticket, /^flytdev1/);
+    await devices.getByText("flyt device join TICKET").waitFor();
+    const laptop = tempHome("alice-laptop");
+    await flyt(laptop, "device", "join", ticket, "--bind", "127.0.0.1:0");
+    start(laptop, "serve", "--bind", "127.0.0.1:0");
+    await devices.getByTestId("device").filter({ hasText: "Another device" }).filter({ hasText: "Connected" }).waitFor();
+    await page.keyboard.press("Escape");
   });
 
   await step("members: roles, promote and remove", async () => {

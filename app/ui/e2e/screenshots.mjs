@@ -1,10 +1,11 @@
 // Screenshots of the main screen in light and dark themes with a realistic conversation
 // between three real nodes (the UI's home and two CLI homes). Writes e2e/out/light.png and
-// e2e/out/dark.png. Usage: npm run screenshots
+// e2e/out/dark.png, then a DM (dm.png) and Settings (settings.png, with a real relay when a
+// `flyt-relay` binary is built beside `flyt`). Usage: npm run screenshots
 
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
-import { browser, flyt, serveUi, start, tempHome } from "./lib.mjs";
+import { browser, flyt, serveUi, start, startRelay, tempHome } from "./lib.mjs";
 
 const out = join(import.meta.dirname, "out");
 mkdirSync(out, { recursive: true });
@@ -83,7 +84,38 @@ for (const theme of ["light", "dark"]) {
   await page.close();
   console.log(`wrote ${join(out, `${theme}.png`)}`);
 }
+// A DM with jonas and a group DM, then Settings (relays and devices).
+await flyt(people.jonas.home, "dm", "maya", "Got a minute? I'd like a second pair of eyes on the release checklist.");
+await flyt(people.jonas.home, "dm", "maya,priya", "Lunch on Friday, the three of us? My treat for shipping 0.9.");
+await flyt(maya, "dm", "jonas", "Sure, send it over. I'm free after standup.");
+await flyt(people.jonas.home, "dm", "maya", "Here: https://wiki.acme.dev/release/0.9 (the **rollback** part is new)");
+const relay = await startRelay();
+{
+  const page = await b.newPage({ viewport: { width: 1280, height: 760 }, deviceScaleFactor: 1, colorScheme: "light" });
+  await page.goto(url);
+  await page.getByTestId("channel-@jonas").click();
+  await page.getByTestId("message").filter({ hasText: "rollback" }).waitFor({ timeout: 20_000 });
+  await page.mouse.move(900, 300);
+  await page.screenshot({ path: join(out, "dm.png") });
+  console.log(`wrote ${join(out, "dm.png")}`);
+  await page.getByRole("button", { name: "Settings" }).click();
+  const relays = page.getByTestId("relays");
+  if (relay) {
+    await relays.getByLabel("Relay URL").fill(relay.url);
+    await relays.getByRole("button", { name: "Add relay" }).click();
+    await relays.getByTestId("relay").filter({ hasText: "Connected" }).waitFor({ timeout: 20_000 });
+  } else {
+    console.log("no flyt-relay built beside flyt: Settings without a relay");
+  }
+  await page.getByTestId("devices").getByRole("button", { name: "Link a new device" }).click();
+  await page.getByLabel("Device link ticket").waitFor();
+  await page.setViewportSize({ width: 1280, height: 1000 });
+  await page.screenshot({ path: join(out, "settings.png") });
+  console.log(`wrote ${join(out, "settings.png")}`);
+  await page.close();
+}
 await b.close();
+if (relay) await relay.proc.stop();
 await proc.stop();
 for (const p of Object.values(people)) await Promise.all([p.node.stop(), p.tail.stop()]);
 process.exit(0);

@@ -1,9 +1,10 @@
 import { useEffect } from "react";
 import { onEventStream } from "./api";
 import { ChannelView, ThreadPanel } from "./components/Channel";
-import { AddWorkspace, CreateChannel, InviteDialog, MembersDialog, NewDm, Settings } from "./components/Dialogs";
+import { AddWorkspace, CreateChannel, InviteDialog, MembersDialog, NewDm } from "./components/Dialogs";
 import { Onboarding } from "./components/Onboarding";
 import { SearchDialog } from "./components/Search";
+import { Settings } from "./components/Settings";
 import { Sidebar, WorkspaceRail } from "./components/Sidebar";
 import { boot, closeThread, getState, refreshStatus, startEvents, update, useChat } from "./store";
 

@@ -41,13 +41,21 @@ export interface Workspace {
   mentions: number;
 }
 
+/** Someone in a DM or private channel. */
+export interface ChannelMember {
+  person: string;
+  name: string;
+}
+
 export interface Channel {
   id: string;
+  /** A DM's is `@` and the other people's names; show `members` without me instead. */
   name: string;
   topic: string | null;
   private: boolean;
   dm: boolean;
-  members?: string[];
+  /** Who is in a DM or private channel, me included; empty for public channels. */
+  members: ChannelMember[];
   unread: number;
   mentions: number;
   last_ts: number | null;
@@ -81,6 +89,27 @@ export interface Invite {
   expires_ts: number;
 }
 
+/** A relay of the current workspace. */
+export interface Relay {
+  id: string;
+  url: string;
+  addrs: string[];
+  /** Display name of who added it. */
+  added_by: string;
+  added_ts: number;
+  /** This node is connected to it right now. */
+  connected: boolean;
+}
+
+/** One of my devices. */
+export interface Device {
+  device: string;
+  /** The device this app runs on. */
+  this: boolean;
+  /** Connected to this node right now. */
+  connected: boolean;
+}
+
 export type Event =
   | { type: "message"; message: Message }
   | { type: "channels" }
@@ -95,6 +124,7 @@ export type Event =
 export interface Requests {
   whoami: [{}, Whoami];
   init: [{ name: string }, Whoami];
+  device_join: [{ ticket: string }, Whoami];
   workspaces: [{}, Workspace[]];
   workspace_create: [{ name: string }, { id: string }];
   workspace_use: [{ id: string }, null];
@@ -114,12 +144,13 @@ export interface Requests {
   invite: [{ expires_secs?: number; role?: string }, Invite];
   set_name: [{ name: string }, null];
   status: [{}, Status];
-  typing: [{ channel: string }, null];
-  dm: [{ names: string[]; text?: string }, Channel];
-  relays: [{}, unknown[]];
-  relay_add: [{ url: string }, null];
-  relay_remove: [{ url: string }, null];
-  devices: [{}, unknown[]];
+  typing: [{ channel: string }, { sent_to: number }];
+  dm: [{ people: string[] }, Channel];
+  relays: [{}, Relay[]];
+  relay_add: [{ url: string }, Relay];
+  relay_remove: [{ url: string }, { relay_told: boolean }];
+  devices: [{}, Device[]];
+  device_link: [{ expires_secs?: number }, Invite];
 }
 
 export type Cmd = keyof Requests;

@@ -466,6 +466,24 @@ export async function init(name: string): Promise<string | null> {
   }
 }
 
+/** Makes this fresh home another device of the person whose device-link ticket this is. */
+export async function deviceJoin(ticket: string): Promise<string | null> {
+  try {
+    const me = await call("device_join", { ticket: ticket.trim() });
+    update({ me });
+    await loadWorkspace();
+    return null;
+  } catch (e) {
+    // A timeout may still have linked the device: show whatever the node now says.
+    const me = await call("whoami").catch(() => null);
+    if (me?.initialized) {
+      update({ me });
+      await loadWorkspace().catch(() => undefined);
+    }
+    return e instanceof ApiError ? e.message : String(e);
+  }
+}
+
 export async function createWorkspace(name: string): Promise<string | null> {
   try {
     await call("workspace_create", { name });
@@ -508,14 +526,14 @@ export async function createChannel(name: string, topic: string, priv: boolean):
   }
 }
 
-export async function openDm(names: string[]): Promise<string | null> {
+/** Opens (creating if new) the conversation with these people (person keys). */
+export async function openDm(people: string[]): Promise<string | null> {
   try {
-    const ch = await call("dm", { names });
+    const ch = await call("dm", { people });
     update((s) => ({ channels: [...s.channels.filter((c) => c.id !== ch.id), ch], dialog: null }));
     await openChannel(ch.id);
     return null;
   } catch (e) {
-    if (unsupported(e)) return "Direct messages are not available in this node yet: use a private channel.";
     return e instanceof ApiError ? e.message : String(e);
   }
 }

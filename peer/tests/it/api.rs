@@ -414,3 +414,318 @@ async fn next_batch_turns_a_lag_into_a_refresh_and_ends_when_the_api_does() {
     drop(tx);
     assert!(peer::api::next_batch(&mut rx).await.is_none());
 }
+
+/// Alice (owner of `acme`, with `#general`) and bob, who joined by ticket; both know each
+/// other's names.
+async fn alice_and_bob() -> ((Home, Api), (Home, Api)) {
+    let (alice_home, alice) = chat_home("alice").await;
+    let t = ok(&alice, json!({"cmd": "invite"})).await;
+    let bob_home = Home::new();
+    let bob = open(&bob_home).await;
+    ok(&bob, json!({"cmd": "init", "name": "bob"})).await;
+    let mut alice_events = alice.subscribe();
+    ok(&bob, json!({"cmd": "join", "ticket": t["ticket"]})).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let members = ok(&alice, json!({"cmd": "members"})).await;
+        if members
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["name"] == "bob")
+        {
+            break;
+        }
+        tokio::time::timeout_at(deadline, alice_events.recv())
+            .await
+            .expect("bob's profile reaches alice")
+            .unwrap();
+    }
+    ((alice_home, alice), (bob_home, bob))
+}
+
+fn person(me: &Value) -> String {
+    me["person"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dm_between_two_nodes_is_one_conversation_listed_as_a_dm() {
+    let ((_ah, alice), (_bh, bob)) = alice_and_bob().await;
+    let a = person(&ok(&alice, json!({"cmd": "whoami"})).await);
+    let b = person(&ok(&bob, json!({"cmd": "whoami"})).await);
+    let mut bob_events = bob.subscribe();
+
+    // Alice opens it by bob's key, as the UI does.
+    let dm = ok(&alice, json!({"cmd": "dm", "people": [b]})).await;
+    assert_eq!(dm["dm"], true);
+    assert_eq!(dm["private"], true);
+    assert_eq!(dm["name"], "@bob");
+    let mut members: Vec<(String, String)> = dm["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["name"].as_str().unwrap().into(),
+                m["person"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    members.sort();
+    assert_eq!(
+        members,
+        vec![
+            ("alice".to_owned(), a.clone()),
+            ("bob".to_owned(), b.clone())
+        ]
+    );
+    let id = dm["id"].as_str().unwrap().to_owned();
+    // Opening it again (by name this time) is the same conversation.
+    assert_eq!(
+        ok(&alice, json!({"cmd": "dm", "people": ["bob"]})).await["id"],
+        json!(id)
+    );
+
+    let sent = ok(
+        &alice,
+        json!({"cmd": "send", "channel": id, "text": "psst, bob"}),
+    )
+    .await;
+    assert_eq!(sent["channel_id"], json!(id));
+    // It arrives on bob's node as a message event of that DM.
+    until_events(&mut bob_events, "alice's DM at bob", |evs| {
+        evs.iter().any(|e| {
+            matches!(e, ApiEvent::Message { message }
+                if message.text == "psst, bob" && message.channel_id == id && message.verified)
+        })
+    })
+    .await;
+    let listed = ok(&bob, json!({"cmd": "channels"})).await;
+    let at_bob = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == json!(id))
+        .expect("the DM is in bob's list")
+        .clone();
+    assert_eq!(at_bob["dm"], true);
+    assert_eq!(at_bob["name"], "@alice");
+    assert_eq!(at_bob["unread"], 1);
+    assert_eq!(at_bob["members"].as_array().unwrap().len(), 2);
+    // Public channels list no members; alice's list has the DM too.
+    let general = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "general")
+        .unwrap();
+    assert_eq!(
+        (general["dm"].clone(), general["members"].clone()),
+        (json!(false), json!([]))
+    );
+    let at_alice = ok(&alice, json!({"cmd": "channels"})).await;
+    assert!(
+        at_alice
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["id"] == json!(id) && c["dm"] == true)
+    );
+
+    // Bob answers in the same DM, opened from his side by alice's name.
+    let back = ok(&bob, json!({"cmd": "dm", "people": ["alice"]})).await;
+    assert_eq!(back["id"], json!(id));
+    let read = ok(&bob, json!({"cmd": "read", "channel": id})).await;
+    assert_eq!(read[0]["text"], "psst, bob");
+    assert_eq!(read[0]["author"]["name"], "alice");
+
+    // Bad input: nobody, or someone who is not a member.
+    let e = err(&alice, json!({"cmd": "dm", "people": []})).await;
+    assert_eq!(
+        (e.code, e.message.as_str()),
+        (
+            ErrorCode::BadRequest,
+            "Pick at least one person to message."
+        )
+    );
+    let e = err(&alice, json!({"cmd": "dm", "people": ["mallory"]})).await;
+    assert_eq!(e.code, ErrorCode::NotFound);
+    assert_eq!(
+        e.message,
+        "There is no member \"mallory\" in this workspace."
+    );
+    alice.shutdown().await;
+    bob.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_link_ticket_links_a_fresh_home_listed_in_devices() {
+    let (_ah, alice) = chat_home("alice").await;
+    let me = ok(&alice, json!({"cmd": "whoami"})).await;
+    assert_eq!(
+        ok(&alice, json!({"cmd": "devices"})).await,
+        json!([{"device": me["device"], "this": true, "connected": false}])
+    );
+    let e = err(&alice, json!({"cmd": "device_link", "expires_secs": 0})).await;
+    assert_eq!(e.code, ErrorCode::BadRequest);
+    let t = ok(&alice, json!({"cmd": "device_link"})).await;
+    let ticket = t["ticket"].as_str().unwrap().to_owned();
+    assert!(ticket.starts_with("flytdev1"), "{ticket}");
+    let expires = t["expires_ts"].as_i64().unwrap();
+    let now = peer::now_ms();
+    assert!(
+        expires > now + 590_000 && expires <= now + 600_000,
+        "{expires}"
+    );
+
+    // The ticket works: a fresh home (as the app's onboarding does) becomes alice's second
+    // device, with her workspace, and shows in her list of devices.
+    let laptop = Home::new();
+    let second = open(&laptop).await;
+    let e = err(
+        &second,
+        json!({"cmd": "device_join", "ticket": "flyt1nope"}),
+    )
+    .await;
+    assert_eq!(e.code, ErrorCode::BadRequest, "{e:?}");
+    let me2 = ok(&second, json!({"cmd": "device_join", "ticket": ticket})).await;
+    assert_eq!(me2["initialized"], true);
+    assert_eq!(me2["name"], "alice");
+    assert_eq!(me2["person"], me["person"]);
+    assert_ne!(me2["device"], me["device"]);
+    let ws = ok(&second, json!({"cmd": "workspaces"})).await;
+    assert_eq!(ws[0]["name"], "acme");
+    assert_eq!(ws[0]["current"], true);
+    let e = err(&second, json!({"cmd": "device_join", "ticket": ticket})).await;
+    assert_eq!(
+        (e.code, e.message.as_str()),
+        (
+            ErrorCode::BadRequest,
+            "This Flyt is already set up for alice."
+        )
+    );
+    let mut events = alice.subscribe();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let list = ok(&alice, json!({"cmd": "devices"})).await;
+        let other = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["device"] == me2["device"])
+            .cloned();
+        if let Some(d) = other
+            && d["connected"] == true
+        {
+            assert_eq!(d["this"], false);
+            assert_eq!(list.as_array().unwrap().len(), 2);
+            break;
+        }
+        tokio::time::timeout_at(deadline, events.recv())
+            .await
+            .expect("the new device connects")
+            .unwrap();
+    }
+    // The ticket was for one device only.
+    let third_home = Home::new();
+    let third = open(&third_home).await;
+    let e = err(&third, json!({"cmd": "device_join", "ticket": ticket})).await;
+    assert_eq!(e.code, ErrorCode::NotAllowed, "{e:?}");
+    assert_eq!(
+        ok(&third, json!({"cmd": "whoami"})).await["initialized"],
+        false
+    );
+    third.shutdown().await;
+    second.shutdown().await;
+    alice.shutdown().await;
+}
+
+/// A real HTTP server on loopback that is not a Flyt relay: answers every request with a page.
+fn not_a_relay() -> String {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for mut s in l.incoming().flatten() {
+            let mut buf = [0; 4096];
+            let _ = s.read(&mut buf);
+            let body = "<html>hello</html>";
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    url
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_that_does_not_answer_or_is_not_a_relay_is_refused_and_nothing_recorded() {
+    let ((alice_home, alice), (_bh, bob)) = alice_and_bob().await;
+    assert_eq!(ok(&alice, json!({"cmd": "relays"})).await, json!([]));
+    let ws: crdt_model::DocId = ok(&alice, json!({"cmd": "workspaces"})).await[0]["id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let before = alice_home.open().workspace_save(ws).unwrap();
+
+    // Port 1 on loopback: nothing listens there.
+    let e = err(
+        &alice,
+        json!({"cmd": "relay_add", "url": "http://127.0.0.1:1/"}),
+    )
+    .await;
+    assert_eq!(e.code, ErrorCode::Unavailable, "{e:?}");
+    assert_eq!(
+        e.message,
+        "Nothing answered at http://127.0.0.1:1; check the address and that the relay is running."
+    );
+    let web = not_a_relay();
+    let e = err(&alice, json!({"cmd": "relay_add", "url": web})).await;
+    assert_eq!(e.code, ErrorCode::BadRequest, "{e:?}");
+    assert_eq!(
+        e.message,
+        format!("{web} answered, but it is not a Flyt relay.")
+    );
+    for url in [
+        "relay.example.com:8787",
+        "ftp://relay.example",
+        "https://relay.example",
+        "",
+    ] {
+        let e = err(&alice, json!({"cmd": "relay_add", "url": url})).await;
+        assert_eq!(e.code, ErrorCode::BadRequest, "{url}: {e:?}");
+        assert!(e.message.contains("http://"), "{url}: {}", e.message);
+    }
+    // A member may not add one: refused before any address is tried.
+    let e = err(
+        &bob,
+        json!({"cmd": "relay_add", "url": "http://127.0.0.1:1"}),
+    )
+    .await;
+    assert_eq!(e.code, ErrorCode::NotAllowed, "{e:?}");
+    assert_eq!(e.message, "Only owners and admins add or remove relays.");
+    let e = err(
+        &alice,
+        json!({"cmd": "relay_remove", "url": "http://127.0.0.1:1"}),
+    )
+    .await;
+    assert_eq!(e.code, ErrorCode::NotFound, "{e:?}");
+    assert_eq!(
+        e.message,
+        "This workspace has no relay \"http://127.0.0.1:1\"."
+    );
+
+    // Nothing was recorded: no relay listed, the workspace document unchanged.
+    assert_eq!(ok(&alice, json!({"cmd": "relays"})).await, json!([]));
+    assert_eq!(ok(&bob, json!({"cmd": "relays"})).await, json!([]));
+    assert_eq!(alice_home.open().workspace_save(ws).unwrap(), before);
+    assert_eq!(
+        ok(&alice, json!({"cmd": "status"})).await["relays"],
+        json!([])
+    );
+    alice.shutdown().await;
+    bob.shutdown().await;
+}

@@ -1,5 +1,7 @@
 import type { Channel } from "../api";
+import { canManage, channelTitle, dmOthers } from "../lib/channels";
 import { closeThread, update, type State } from "../store";
+import { Avatar } from "./Avatar";
 import { Composer } from "./Composer";
 import { Icon, MessageItem } from "./MessageItem";
 import { MessageList } from "./MessageList";
@@ -25,20 +27,23 @@ function TypingLine({ s, channel }: { s: State; channel: string }) {
   );
 }
 
-export function title(c: Channel, me: string | undefined): string {
-  if (!c.dm) return c.name;
-  return (c.members ?? [c.name]).filter((n) => n !== me).join(", ") || c.name;
-}
-
 export function ChannelView({ s, channel }: { s: State; channel: Channel }) {
   const data = s.byChannel[channel.id];
   const me = s.me?.person ?? "";
-  const myRole = s.members.find((m) => m.person === me)?.role ?? "member";
-  const canModerate = myRole === "owner" || myRole === "admin";
-  const name = title(channel, s.me?.name);
+  const canModerate = canManage(s.members.find((m) => m.person === me)?.role);
+  const name = channelTitle(channel, me);
+  const others = channel.dm ? dmOthers(channel, me) : [];
   const header = (
     <div className="channel-start">
-      <div className="big-hash">{channel.dm ? "@" : "#"}</div>
+      {channel.dm && others.length ? (
+        <div className="dm-faces">
+          {others.slice(0, 3).map((m) => (
+            <Avatar key={m.person} name={m.name} id={m.person} size={56} presence={s.presence[m.person] ?? s.members.find((x) => x.person === m.person)?.online} />
+          ))}
+        </div>
+      ) : (
+        <div className="big-hash">{channel.dm ? "@" : "#"}</div>
+      )}
       <h2>{channel.dm ? name : `Welcome to #${name}`}</h2>
       <p className="muted">
         {channel.dm
@@ -60,7 +65,7 @@ export function ChannelView({ s, channel }: { s: State; channel: Channel }) {
         <div className="header-actions">
           <button className="pill" onClick={() => update({ dialog: "members" })} title="Members" aria-label="Members">
             <Icon d="M17 20v-1a4 4 0 0 0-4-4H7a4 4 0 0 0-4 4v1M10 11a3 3 0 1 0 0-6 3 3 0 0 0 0 6Z" size={14} />
-            {channel.members?.length ?? s.members.filter((m) => m.role !== "removed").length}
+            {channel.members.length || s.members.filter((m) => m.role !== "removed").length}
           </button>
           <button className="icon-btn" onClick={() => update({ dialog: "search" })} title="Search (Ctrl+K)" aria-label="Search messages">
             <Icon d="m20 20-4.5-4.5M11 17a6 6 0 1 0 0-12 6 6 0 0 0 0 12Z" />

@@ -1,19 +1,16 @@
 import { useEffect, useState, type ReactNode } from "react";
-import { call, unsupported, type Invite } from "../api";
+import { call, type Invite } from "../api";
+import { canManage } from "../lib/channels";
 import {
-  attempt,
   createChannel,
   createWorkspace,
   join,
   openDm,
   removeMember,
-  setName,
   setRole,
-  setTheme,
   toast,
   update,
   type State,
-  type Theme,
 } from "../store";
 import { Avatar, PresenceDot } from "./Avatar";
 
@@ -38,7 +35,7 @@ export function Modal({ title, children, wide }: { title: string; children: Reac
 }
 
 /** A form whose submit runs `action` (resolving to an error sentence or null) and shows it. */
-function useForm(action: () => Promise<string | null>, onDone?: () => void) {
+export function useForm(action: () => Promise<string | null>, onDone?: () => void) {
   const [busy, setBusy] = useState(false);
   const [error, setError] = useState<string | null>(null);
   const submit = async (e?: React.FormEvent) => {
@@ -70,14 +67,22 @@ export function CreateChannel() {
   );
 }
 
+/** Copies a ticket to the clipboard, saying so (or, if the clipboard is out of reach, how). */
+export function CopyButton({ text, onError }: { text: string; onError: (e: string) => void }) {
+  const [copied, setCopied] = useState<string | null>(null);
+  return (
+    <button onClick={() => void navigator.clipboard?.writeText(text).then(() => setCopied(text), () => onError("Could not reach the clipboard: select the ticket and copy it."))}>
+      {copied === text ? "Copied ✓" : "Copy ticket"}
+    </button>
+  );
+}
+
 export function InviteDialog() {
   const [invite, setInvite] = useState<Invite | null>(null);
   const [role, setRoleV] = useState("member");
   const [error, setError] = useState<string | null>(null);
-  const [copied, setCopied] = useState(false);
   const make = async () => {
     setError(null);
-    setCopied(false);
     try {
       setInvite(await call("invite", { role, expires_secs: 86_400 }));
     } catch (e) {
@@ -96,11 +101,7 @@ export function InviteDialog() {
       )}
       {error && <div className="form-error" role="alert">{error}</div>}
       <div className="buttons">
-        {invite && (
-          <button onClick={() => void navigator.clipboard?.writeText(invite.ticket).then(() => setCopied(true), () => setError("Could not reach the clipboard: select the ticket and copy it."))}>
-            {copied ? "Copied ✓" : "Copy ticket"}
-          </button>
-        )}
+        {invite && <CopyButton text={invite.ticket} onError={setError} />}
         <button className="primary" onClick={() => void make()}>{invite ? "New ticket" : "Create invite ticket"}</button>
       </div>
     </Modal>
@@ -109,8 +110,7 @@ export function InviteDialog() {
 
 export function MembersDialog({ s }: { s: State }) {
   const me = s.me?.person;
-  const myRole = s.members.find((m) => m.person === me)?.role;
-  const admin = myRole === "owner" || myRole === "admin";
+  const admin = canManage(s.members.find((m) => m.person === me)?.role);
   const members = s.members.filter((m) => m.role !== "removed").sort((a, b) => a.name.localeCompare(b.name));
   return (
     <Modal title={`Members · ${members.length}`}>
@@ -125,16 +125,18 @@ export function MembersDialog({ s }: { s: State }) {
                 <span className="muted"><PresenceDot state={presence} /> {presence ?? "offline"}</span>
               </div>
               <span className={`role ${m.role}`}>{m.role}</span>
-              {admin && m.person !== me && m.role !== "owner" && (
+              {m.person !== me && (
                 <div className="member-actions">
-                  <button onClick={() => void setRole(m.person, m.role === "admin" ? "member" : "admin")}>
-                    {m.role === "admin" ? "Make member" : "Make admin"}
-                  </button>
-                  <button className="danger" onClick={() => window.confirm(`Remove ${m.name} from the workspace?`) && void removeMember(m.person)}>Remove</button>
+                  <button onClick={() => void openDm([m.person]).then((e) => e && toast(e))}>Message</button>
+                  {admin && m.role !== "owner" && (
+                    <>
+                      <button onClick={() => void setRole(m.person, m.role === "admin" ? "member" : "admin")}>
+                        {m.role === "admin" ? "Make member" : "Make admin"}
+                      </button>
+                      <button className="danger" onClick={() => window.confirm(`Remove ${m.name} from the workspace?`) && void removeMember(m.person)}>Remove</button>
+                    </>
+                  )}
                 </div>
-              )}
-              {!admin && m.person !== me && (
-                <button onClick={() => void openDm([m.name]).then((e) => e && toast(e))}>Message</button>
               )}
             </li>
           );
@@ -146,116 +148,42 @@ export function MembersDialog({ s }: { s: State }) {
 
 export function NewDm({ s }: { s: State }) {
   const [picked, setPicked] = useState<string[]>([]);
+  const [filter, setFilter] = useState("");
   const f = useForm(() => openDm(picked));
-  const others = s.members.filter((m) => m.person !== s.me?.person && m.role !== "removed");
+  const others = s.members
+    .filter((m) => m.person !== s.me?.person && m.role !== "removed")
+    .sort((a, b) => a.name.localeCompare(b.name));
+  const shown = others.filter((m) => m.name.toLowerCase().includes(filter.trim().toLowerCase()));
+  const toggle = (person: string, on: boolean) => setPicked((p) => (on ? [...p, person] : p.filter((x) => x !== person)));
   return (
     <Modal title="New direct message">
+      <p className="muted">Pick one person, or several for a group conversation. Only the people in it can read it.</p>
+      {others.length > 6 && (
+        <label>
+          <input autoFocus value={filter} onChange={(e) => setFilter(e.target.value)} placeholder="Find someone" aria-label="Find someone" />
+        </label>
+      )}
       <ul className="member-list pick">
-        {others.map((m) => (
-          <li key={m.person}>
-            <label className="check">
-              <input type="checkbox" checked={picked.includes(m.name)} onChange={(e) => setPicked((p) => (e.target.checked ? [...p, m.name] : p.filter((x) => x !== m.name)))} />
-              <Avatar name={m.name} id={m.person} size={24} /> {m.name}
-            </label>
-          </li>
-        ))}
+        {shown.map((m) => {
+          const presence = s.presence[m.person] ?? m.online;
+          return (
+            <li key={m.person}>
+              <label className="check">
+                <input type="checkbox" checked={picked.includes(m.person)} onChange={(e) => toggle(m.person, e.target.checked)} aria-label={m.name} />
+                <Avatar name={m.name} id={m.person} size={28} presence={presence} />
+                <span className="who"><b>{m.name}</b><span className="muted">{presence ?? "offline"}</span></span>
+              </label>
+            </li>
+          );
+        })}
         {others.length === 0 && <li className="muted">Invite someone first: there is nobody else here yet.</li>}
       </ul>
       {f.error && <div className="form-error" role="alert">{f.error}</div>}
-      <div className="buttons"><button className="primary" disabled={!picked.length || f.busy} onClick={() => void f.submit()}>Open conversation</button></div>
-    </Modal>
-  );
-}
-
-function Relays() {
-  const [relays, setRelays] = useState<unknown[] | null>(null);
-  const [url, setUrl] = useState("");
-  const [error, setError] = useState<string | null>(null);
-  const load = () =>
-    call("relays").then(setRelays, (e: Error) =>
-      setError(unsupported(e) ? "This node does not manage relays yet: it syncs directly with peers." : e.message),
-    );
-  useEffect(() => void load(), []);
-  const add = async () => {
-    setError(null);
-    try {
-      await call("relay_add", { url: url.trim() });
-      setUrl("");
-      await load();
-    } catch (e) {
-      setError((e as Error).message);
-    }
-  };
-  const label = (r: unknown) => (typeof r === "string" ? r : (r as { url?: string }).url ?? JSON.stringify(r));
-  return (
-    <section>
-      <h3>Relays</h3>
-      <p className="muted">Always-on peers that keep your workspace in sync while you are offline.</p>
-      <ul className="plain">
-        {relays?.map((r) => (
-          <li key={label(r)}>
-            <code>{label(r)}</code> <button onClick={() => void attempt(() => call("relay_remove", { url: label(r) })).then(load)}>Remove</button>
-          </li>
-        ))}
-        {relays?.length === 0 && <li className="muted">No relays: peers sync directly.</li>}
-      </ul>
-      {relays !== null && <form className="inline" onSubmit={(e) => { e.preventDefault(); void add(); }}>
-        <input value={url} onChange={(e) => setUrl(e.target.value)} placeholder="https://relay.example.com" aria-label="Relay URL" />
-        <button disabled={!url.trim()}>Add relay</button>
-      </form>}
-      {error && <div className="form-error" role="alert">{error}</div>}
-    </section>
-  );
-}
-
-function Devices({ s }: { s: State }) {
-  const [devices, setDevices] = useState<unknown[] | null>(null);
-  const [error, setError] = useState<string | null>(null);
-  useEffect(
-    () =>
-      void call("devices").then(setDevices, (e: Error) =>
-        setError(unsupported(e) ? "Linking more devices is not available in this node yet." : e.message),
-      ),
-    [],
-  );
-  const label = (d: unknown) => (typeof d === "string" ? d : (d as { name?: string; device?: string }).name ?? (d as { device?: string }).device ?? JSON.stringify(d));
-  return (
-    <section>
-      <h3>Linked devices</h3>
-      <ul className="plain">
-        <li>This device <code>{s.me?.device?.slice(0, 16)}</code></li>
-        {devices?.map((d) => <li key={label(d)}><code>{label(d)}</code></li>)}
-      </ul>
-      {error && <p className="muted">{error}</p>}
-    </section>
-  );
-}
-
-export function Settings({ s }: { s: State }) {
-  const [name, setNameV] = useState(s.me?.name ?? "");
-  const [saved, setSaved] = useState(false);
-  return (
-    <Modal title="Settings" wide>
-      <section>
-        <h3>Profile</h3>
-        <form className="inline" onSubmit={(e) => { e.preventDefault(); void setName(name.trim()).then(setSaved); }}>
-          <input value={name} onChange={(e) => { setNameV(e.target.value); setSaved(false); }} aria-label="Display name" />
-          <button disabled={!name.trim() || name === s.me?.name}>Save</button>
-          {saved && <span className="muted">Saved ✓</span>}
-        </form>
-      </section>
-      <section>
-        <h3>Appearance</h3>
-        <div className="segmented" role="radiogroup" aria-label="Theme">
-          {(["system", "light", "dark"] as Theme[]).map((t) => (
-            <button key={t} role="radio" aria-checked={s.theme === t} className={s.theme === t ? "on" : ""} onClick={() => setTheme(t)}>
-              {t === "system" ? "Follow system" : t[0]!.toUpperCase() + t.slice(1)}
-            </button>
-          ))}
-        </div>
-      </section>
-      <Relays />
-      <Devices s={s} />
+      <div className="buttons">
+        <button className="primary" disabled={!picked.length || f.busy} onClick={() => void f.submit()}>
+          {picked.length > 1 ? `Start group conversation (${picked.length + 1})` : "Open conversation"}
+        </button>
+      </div>
     </Modal>
   );
 }

@@ -1,4 +1,5 @@
 import type { Channel, Workspace } from "../api";
+import { channelTitle, dmOthers } from "../lib/channels";
 import { syncLine } from "../lib/status";
 import { openChannel, update, useWorkspace, type Dialog, type State } from "../store";
 import { Avatar, PresenceDot } from "./Avatar";
@@ -77,7 +78,7 @@ export function Sidebar({ s }: { s: State }) {
   const dms = s.channels.filter((c) => c.dm).sort((a, b) => (b.last_ts ?? 0) - (a.last_ts ?? 0));
   const sync = syncLine(s.status, s.stream);
   const me = s.me;
-  const byName = new Map(s.members.map((m) => [m.name, m]));
+  const byPerson = new Map(s.members.map((m) => [m.person, m]));
   return (
     <aside className="sidebar">
       <header className="ws-header">
@@ -114,15 +115,21 @@ export function Sidebar({ s }: { s: State }) {
           <SectionHeader title="Direct messages" add="New direct message" dialog="dm" />
           <ul>
             {dms.map((c) => {
-              const names = (c.members ?? [c.name]).filter((n) => n !== me?.name);
-              const other = byName.get(names[0] ?? "");
+              const others = dmOthers(c, me?.person);
+              const one = others.length === 1 ? byPerson.get(others[0]!.person) : undefined;
               return (
                 <ChannelRow
                   key={c.id}
                   c={c}
                   current={c.id === s.current}
-                  icon={<PresenceDot state={other ? s.presence[other.person] ?? other.online : undefined} />}
-                  text={names.join(", ") || c.name}
+                  icon={
+                    others.length > 1 ? (
+                      <span className="group-count" aria-hidden>{others.length}</span>
+                    ) : (
+                      <PresenceDot state={one ? s.presence[one.person] ?? one.online : undefined} />
+                    )
+                  }
+                  text={channelTitle(c, me?.person)}
                 />
               );
             })}
