@@ -103,11 +103,12 @@ async fn settings_add_a_relay_that_running_nodes_use_then_remove_it() {
     let removed = ok(&alice, json!({"cmd": "relay_remove", "url": url})).await;
     assert_eq!(removed, json!({"relay_told": true}));
     assert_eq!(ok(&alice, json!({"cmd": "relays"})).await, json!([]));
-    assert_eq!(
-        relay.handle().metrics.workspaces.load(Ordering::Relaxed),
-        0,
-        "it stopped serving"
-    );
+    // The relay answers /join before its metrics are updated: look until they are.
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while relay.handle().metrics.workspaces.load(Ordering::Relaxed) != 0 {
+        assert!(tokio::time::Instant::now() < deadline, "it stopped serving");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     until(
         &bob,
         "bob to see it removed",
