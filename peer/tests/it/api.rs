@@ -21,6 +21,27 @@ async fn open(home: &Home) -> Api {
     .expect("api opens")
 }
 
+/// Waits until `api`'s member list names `name` (each change of the list comes with a
+/// `members` event on `events`).
+async fn until_member(api: &Api, events: &mut broadcast::Receiver<Batch>, name: &str) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let members = ok(api, json!({"cmd": "members"})).await;
+        if members
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["name"] == name)
+        {
+            return;
+        }
+        tokio::time::timeout_at(deadline, events.recv())
+            .await
+            .unwrap_or_else(|_| panic!("{name}'s profile did not arrive in time"))
+            .unwrap();
+    }
+}
+
 async fn ok(api: &Api, req: Value) -> Value {
     match api.handle_json(req.clone()).await {
         Ok(v) => v,
@@ -296,23 +317,7 @@ async fn join_then_a_burst_arrives_in_a_few_batches() {
     .await;
     // Alice sees bob among the members once his profile arrives.
     let mut alice_events = alice.subscribe();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let members = ok(&alice, json!({"cmd": "members"})).await;
-        if members
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|m| m["name"] == "bob")
-        {
-            break;
-        }
-        // Each change of the member list comes with a `members` event.
-        tokio::time::timeout_at(deadline, alice_events.recv())
-            .await
-            .expect("bob's profile reaches alice")
-            .unwrap();
-    }
+    until_member(&alice, &mut alice_events, "bob").await;
 
     // 1,000 messages written at once on alice's home (by another process, as `flyt` would)
     // reach bob as a handful of batches, every one of them as a message event; alice's own UI
@@ -425,22 +430,7 @@ async fn alice_and_bob() -> ((Home, Api), (Home, Api)) {
     ok(&bob, json!({"cmd": "init", "name": "bob"})).await;
     let mut alice_events = alice.subscribe();
     ok(&bob, json!({"cmd": "join", "ticket": t["ticket"]})).await;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let members = ok(&alice, json!({"cmd": "members"})).await;
-        if members
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|m| m["name"] == "bob")
-        {
-            break;
-        }
-        tokio::time::timeout_at(deadline, alice_events.recv())
-            .await
-            .expect("bob's profile reaches alice")
-            .unwrap();
-    }
+    until_member(&alice, &mut alice_events, "bob").await;
     ((alice_home, alice), (bob_home, bob))
 }
 
