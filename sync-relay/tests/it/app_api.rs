@@ -7,6 +7,7 @@ use std::time::Duration;
 use peer::api::{Api, ErrorCode};
 use peer::node::NodeConfig;
 use serde_json::{Value, json};
+use sync_relay::runtime::Relay;
 
 use crate::common::{LIMIT, config, start};
 
@@ -45,6 +46,16 @@ async fn until(api: &Api, what: &str, req: Value, check: impl Fn(&Value) -> bool
     }
 }
 
+/// Waits until the relay serves `n` workspaces: it answers `/join` before its metrics are
+/// updated.
+async fn served(relay: &Relay, n: u64, what: &str) {
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while relay.handle().metrics.workspaces.load(Ordering::Relaxed) != n {
+        assert!(tokio::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn settings_add_a_relay_that_running_nodes_use_then_remove_it() {
     let relay_dir = tempfile::tempdir().unwrap();
@@ -70,11 +81,7 @@ async fn settings_add_a_relay_that_running_nodes_use_then_remove_it() {
     assert_eq!(added["url"], json!(url));
     assert_eq!(added["id"], json!(relay.peer_addr().id.to_string()));
     assert_eq!(added["added_by"], "alice");
-    assert_eq!(
-        relay.handle().metrics.workspaces.load(Ordering::Relaxed),
-        1,
-        "it serves the workspace"
-    );
+    served(&relay, 1, "it serves the workspace").await;
 
     // Both running nodes start syncing through it without a restart: bob learns of it from
     // the workspace document alice changed.
@@ -103,12 +110,7 @@ async fn settings_add_a_relay_that_running_nodes_use_then_remove_it() {
     let removed = ok(&alice, json!({"cmd": "relay_remove", "url": url})).await;
     assert_eq!(removed, json!({"relay_told": true}));
     assert_eq!(ok(&alice, json!({"cmd": "relays"})).await, json!([]));
-    // The relay answers /join before its metrics are updated: look until they are.
-    let deadline = tokio::time::Instant::now() + LIMIT;
-    while relay.handle().metrics.workspaces.load(Ordering::Relaxed) != 0 {
-        assert!(tokio::time::Instant::now() < deadline, "it stopped serving");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    served(&relay, 0, "it stopped serving").await;
     until(
         &bob,
         "bob to see it removed",
