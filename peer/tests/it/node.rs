@@ -119,9 +119,10 @@ async fn invite_join_and_chat_over_quic() {
         .await
         .unwrap()
         .unwrap();
-    let seen = until(&alice, &mut alice_events, "bob's message at alice", {
+    // The message and bob's profile are different documents and may arrive in either order.
+    let seen = until(&alice, &mut alice_events, "bob's named message at alice", {
         let id = hi.id.clone();
-        move |s| s.message(&id).ok()
+        move |s| s.message(&id).ok().filter(|m| m.author.name == "bob")
     })
     .await;
     assert_eq!((seen.author.name.as_str(), seen.verified), ("bob", true));
