@@ -1,7 +1,7 @@
 //! `flyt serve`'s control socket, typing and presence in `tail`, and `flyt status`, with real
 //! nodes on 127.0.0.1. Waits are on output lines with a timeout, never sleeps.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::process::{Child, Command, Stdio};
@@ -118,8 +118,10 @@ fn raw_request(home: &Home, bytes: &[u8]) -> Value {
     // The node may answer (and close) before reading everything of an oversized request.
     let _ = s.write_all(bytes);
     let _ = s.shutdown(std::net::Shutdown::Write);
+    // One answer line. Not read to the end: a node that answered an oversized request before
+    // reading all of it resets the connection after that line (unread data on a closed socket).
     let mut answer = String::new();
-    s.read_to_string(&mut answer).expect("an answer");
+    BufReader::new(s).read_line(&mut answer).expect("an answer");
     serde_json::from_str(answer.trim_end()).unwrap_or_else(|e| panic!("{e}: {answer:?}"))
 }
 
