@@ -1,7 +1,7 @@
 //! The relay's HTTP face: `GET /info`, `/healthz`, `/readyz`, `/metrics`, `/ping`, `POST /join`, one
 //! [`AppError`] for every failure, a request timeout and a span per request.
 //!
-//! Embedders merge more routes into [`app`]'s router (see the crate docs).
+//! Embedders merge more routes into [`routes`] and wrap them with [`layered`] (see the crate docs).
 
 use std::time::Duration;
 
@@ -12,7 +12,6 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use peer::sync::protocol::MAX_FRAME;
-use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::runtime::{RelayError, RelayHandle};
@@ -42,6 +41,9 @@ pub enum AppError {
     /// Not ready (storage or archive unavailable, stopping).
     #[error("{0}")]
     Unavailable(String),
+    /// The answer took longer than the request timeout.
+    #[error("no answer within {0:?}: try again later")]
+    Timeout(Duration),
     /// Something broke inside the relay (details only in the log).
     #[error("internal error")]
     Internal(String),
@@ -54,6 +56,7 @@ impl AppError {
             AppError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             AppError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
             AppError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            AppError::Timeout(_) => (StatusCode::REQUEST_TIMEOUT, "timeout"),
             AppError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -91,9 +94,14 @@ impl From<JoinError> for AppError {
     }
 }
 
-/// The relay's router with its state applied.
+/// The relay's own routes with [`layered`]'s timeout and tracing: what the relay serves when
+/// nothing is merged in.
 pub fn app(state: AppState) -> Router {
-    let timeout = Duration::from_secs(state.relay.config.request_timeout_secs);
+    layered(routes(state.clone()), &state)
+}
+
+/// The relay's own routes, without the layers every route shares.
+pub fn routes(state: AppState) -> Router {
     Router::new()
         .route("/info", get(info))
         .route("/healthz", get(healthz))
@@ -102,12 +110,28 @@ pub fn app(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/join", post(join).layer(DefaultBodyLimit::max(MAX_FRAME)))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            timeout,
-        ))
-        .layer(TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// What every route gets, the relay's own and those merged in: a request that takes longer than
+/// `request_timeout_secs` to answer gets 408 with the usual error body (a WebSocket's timeout
+/// ends at its upgrade), and a span per request.
+pub fn layered(router: Router, state: &AppState) -> Router {
+    let limit = Duration::from_secs(state.relay.config.request_timeout_secs);
+    router
+        .layer(axum::middleware::from_fn_with_state(limit, time_limit))
+        .layer(TraceLayer::new_for_http())
+}
+
+async fn time_limit(
+    State(limit): State<Duration>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(answer) => answer,
+        Err(_) => AppError::Timeout(limit).into_response(),
+    }
 }
 
 async fn info(State(s): State<AppState>) -> impl IntoResponse {

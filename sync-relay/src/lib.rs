@@ -24,9 +24,9 @@
 //!   [`Archive::metrics`] appends to `/metrics`, [`Archive::shutdown`] is awaited last when
 //!   the relay stops. To catch up on what it missed, an archive reads documents through
 //!   [`runtime::RelayHandle::call`] ([`store::RelayStore::list`], [`store::RelayStore::save`]).
-//! - **More routes**: [`http::app`] builds the relay's router from an [`http::AppState`];
-//!   merge your own `Router` into it before serving (see `main.rs`: `http::app(state)
-//!   .merge(more)`), with `state.relay` ([`runtime::RelayHandle`]) in hand.
+//! - **More routes**: [`runtime::Extensions::routes`] builds a `Router` from the
+//!   [`http::AppState`] (`state.relay` is the [`runtime::RelayHandle`]); the relay merges it
+//!   into [`http::routes`] and wraps both in [`http::layered`] (request timeout, tracing).
 //! - **Another framing of the same engine** (WebSocket `/sync`): after authenticating a device,
 //!   [`runtime::RelayHandle::open`] gives a [`runtime::Session`] and the receiver of the frames
 //!   for the peer: feed the session the peer's frames with [`runtime::Session::frame`], send

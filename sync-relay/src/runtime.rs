@@ -346,10 +346,11 @@ impl Relay {
         let state = crate::http::AppState {
             relay: handle.clone(),
         };
-        let mut router = crate::http::app(state.clone());
+        let mut router = crate::http::routes(state.clone());
         if let Some(routes) = ext.routes {
             router = router.merge(routes(&state));
         }
+        let router = crate::http::layered(router, &state);
         // One port for both: `/relay` connections go to iroh's relay service (crate::nat).
         let listener = crate::nat::SplitListener::new(
             listener,

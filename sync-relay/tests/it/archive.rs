@@ -60,17 +60,32 @@ fn workspace_listing(relay: &Relay) -> (Vec<Identity>, DocId, DocId, Automerge) 
     (people, ws, channel, doc)
 }
 
+/// A relay with its archive (as `flyt-relay` runs them) on `cfg`, that [`workspace_listing`]'s
+/// workspace has joined, archived.
+async fn joined(
+    cfg: sync_relay::config::Config,
+) -> (
+    sync_relay::archive::Archive,
+    Relay,
+    Vec<Identity>,
+    DocId,
+    DocId,
+    Automerge,
+) {
+    let (archive, ext) = sync_relay::archive::extensions(&cfg).await.unwrap();
+    let relay = Relay::start(cfg, ext).await.unwrap();
+    let (people, ws, channel, doc) = workspace_listing(&relay);
+    let (status, body) = request(relay.http_addr(), "POST", "/join", &doc.save()).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert!(archive.caught_up(LIMIT).await, "{:?}", archive.status());
+    (archive, relay, people, ws, channel, doc)
+}
+
 #[tokio::test]
 async fn a_joined_workspace_is_archived_and_served_to_its_admins_only() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path());
-    let (archive, ext) = sync_relay::archive::extensions(&cfg).await.unwrap();
-    let relay = Relay::start(cfg, ext).await.unwrap();
+    let (archive, relay, people, ws, channel, doc) = joined(config(dir.path())).await;
     let addr = relay.http_addr();
-    let (people, ws, channel, doc) = workspace_listing(&relay);
-    let (status, body) = request(addr, "POST", "/join", &doc.save()).await;
-    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
-    assert!(archive.caught_up(LIMIT).await, "{:?}", archive.status());
     let bytes = archive.document(ws).await.unwrap().expect("archived");
     assert_eq!(
         Automerge::load(&bytes).unwrap().get_heads(),
@@ -180,5 +195,90 @@ async fn a_joined_workspace_is_archived_and_served_to_its_admins_only() {
         }
     }
     assert!(!got_sync, "a stranger gets no document");
+    relay.shutdown().await;
+}
+
+/// A fresh database on the machine's Postgres (`FLYT_TEST_POSTGRES` overrides the server),
+/// dropped on drop.
+struct Database {
+    server: String,
+    name: String,
+}
+
+impl Database {
+    fn create() -> Database {
+        let server = std::env::var("FLYT_TEST_POSTGRES")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned());
+        let name = format!("flyt_test_api_{}_{}", std::process::id(), now());
+        let db = Database { server, name };
+        assert!(
+            db.admin(&format!("CREATE DATABASE {}", db.name)),
+            "this test needs Postgres at {} and psql",
+            db.server
+        );
+        db
+    }
+
+    /// Runs `sql` on the server's `postgres` database with psql; whether it worked.
+    fn admin(&self, sql: &str) -> bool {
+        std::process::Command::new("psql")
+            .args([&format!("{}/postgres", self.server), "-qXc", sql])
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    fn url(&self) -> String {
+        format!("{}/{}", self.server, self.name)
+    }
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        self.admin(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        ));
+    }
+}
+
+/// The archive's Postgres stops answering (a lock held elsewhere): `/api` answers 408 within
+/// the request timeout instead of hanging, the rest of the relay keeps answering, and once the
+/// lock goes the same request works again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_archive_query_times_out_and_the_relay_keeps_answering() {
+    let db = Database::create();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = sync_relay::config::Config {
+        database_url: Some(db.url()),
+        request_timeout_secs: 2,
+        ..config(dir.path())
+    };
+    let (_archive, relay, people, ws, channel, _) = joined(cfg).await;
+    let addr = relay.http_addr();
+    let path = format!("/api/workspaces/{ws}/channels/{channel}/messages?limit=10");
+    let call = async || {
+        let auth = sync_relay::api::authorization(&people[0].device, "GET", &path, now());
+        request_with(addr, "GET", &path, &[("Authorization", &auth)], b"").await
+    };
+    assert_eq!(call().await.0, 200);
+
+    let (mut locker, conn) = tokio_postgres::connect(&db.url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let lock = locker.transaction().await.unwrap();
+    lock.batch_execute("LOCK TABLE archive_messages IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let asked = std::time::Instant::now();
+    let (status, body) = call().await;
+    assert_eq!(status, 408, "a query that cannot finish times out");
+    assert!(String::from_utf8_lossy(&body).contains("timeout"));
+    assert!(asked.elapsed() < LIMIT);
+    assert_eq!(request(addr, "GET", "/healthz", b"").await.0, 200);
+    lock.rollback().await.unwrap();
+
+    let (status, body) = call().await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     relay.shutdown().await;
 }
