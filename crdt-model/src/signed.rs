@@ -45,6 +45,29 @@ fn message_to_sign(kind: &str, payload: &[u8]) -> Vec<u8> {
     m
 }
 
+/// Decompresses a signer's key, remembering the last few hundred per thread: a workspace has a
+/// handful of devices signing everything, and decompression is a field square root, about a
+/// tenth of a verification.
+fn verifying_key(signer: &[u8; 32]) -> Option<VerifyingKey> {
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+    const KEEP: usize = 512;
+    thread_local! {
+        static KEYS: RefCell<HashMap<[u8; 32], VerifyingKey>> = RefCell::new(HashMap::new());
+    }
+    KEYS.with_borrow_mut(|keys| {
+        if let Some(k) = keys.get(signer) {
+            return Some(*k);
+        }
+        let k = VerifyingKey::from_bytes(signer).ok()?;
+        if keys.len() >= KEEP {
+            keys.clear();
+        }
+        keys.insert(*signer, k);
+        Some(k)
+    })
+}
+
 impl<T: Record> Signed<T> {
     /// Signs `payload` with `key`.
     pub fn sign(key: &SigningKey, payload: T) -> Self {
@@ -76,7 +99,7 @@ impl<T: Record> Signed<T> {
         let signer: [u8; 32] = bytes[1..33].try_into().expect("length checked");
         let sig: [u8; 64] = bytes[33..HEADER_LEN].try_into().expect("length checked");
         let body = &bytes[HEADER_LEN..];
-        let key = VerifyingKey::from_bytes(&signer).map_err(|_| ModelError::BadSignature)?;
+        let key = verifying_key(&signer).ok_or(ModelError::BadSignature)?;
         key.verify_strict(
             &message_to_sign(T::KIND, body),
             &Signature::from_bytes(&sig),
