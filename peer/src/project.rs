@@ -3,8 +3,10 @@
 
 use std::collections::BTreeSet;
 
-use crdt_model::bucket;
+use automerge::Automerge;
+use crdt_model::bucket::{self, MessageView};
 use crdt_model::channel::{self, ChannelKind};
+use crdt_model::workspace::WorkspaceView;
 use crdt_model::{DocId, MessageId};
 use rusqlite::params;
 
@@ -171,10 +173,10 @@ impl Writer<'_> {
         let mut add_reaction = tx
             .prepare_cached("INSERT INTO reactions (message, emoji, person) VALUES (?1, ?2, ?3)")?;
         let mut remove = tx.prepare_cached("DELETE FROM messages WHERE id = ?1")?;
-        for id in ids {
+        for (id, m) in render(doc, channel, &ids, &view) {
             let key = id.to_string();
             clear_reactions.execute([&key])?;
-            let Some(m) = bucket::message(doc, channel, id, &view) else {
+            let Some(m) = m else {
                 // Nothing readable is there (garbage under a message key): show nothing.
                 remove.execute([&key])?;
                 continue;
@@ -203,4 +205,33 @@ impl Writer<'_> {
         }
         Ok(())
     }
+}
+
+/// Below this many messages a bucket is rendered on the calling thread.
+const PARALLEL_FROM: usize = 64;
+
+/// Renders messages of a bucket (checking two signatures or more each, the bulk of applying a
+/// synced bucket), on every core when there are many: a new device receives whole buckets.
+fn render(
+    doc: &Automerge,
+    channel: DocId,
+    ids: &[MessageId],
+    view: &WorkspaceView,
+) -> Vec<(MessageId, Option<MessageView>)> {
+    let one = |id: &MessageId| (*id, bucket::message(doc, channel, *id, view));
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cores < 2 || ids.len() < PARALLEL_FROM {
+        return ids.iter().map(one).collect();
+    }
+    let per = ids.len().div_ceil(cores);
+    std::thread::scope(|s| {
+        let parts: Vec<_> = ids
+            .chunks(per)
+            .map(|part| s.spawn(move || part.iter().map(one).collect::<Vec<_>>()))
+            .collect();
+        parts
+            .into_iter()
+            .flat_map(|p| p.join().expect("rendering a message does not panic"))
+            .collect()
+    })
 }
