@@ -259,7 +259,7 @@ fn store_thread(
     mut rx: mpsc::UnboundedReceiver<Cmd>,
     events: broadcast::Sender<NodeEvent>,
     received: Arc<std::sync::atomic::AtomicU64>,
-    dial: mpsc::UnboundedSender<PeerAddr>,
+    dial: mpsc::UnboundedSender<Dial>,
     shared: Arc<std::sync::Mutex<Shared>>,
 ) {
     let mut engine = Engine::new();
@@ -483,11 +483,18 @@ fn store_thread(
                 }
                 // A workspace that lists a relay (ours, another process's, or a peer's change):
                 // keep a connection to it.
+                // One no longer listed (removed from every workspace of ours): let it go.
                 match store.relay_peers() {
                     Ok(listed) => {
+                        let now: std::collections::HashSet<DeviceId> =
+                            listed.iter().map(|to| to.id).collect();
+                        for gone in relays.iter().filter(|r| !now.contains(r)) {
+                            let _ = dial.send(Dial::Drop(*gone));
+                        }
+                        relays.retain(|r| now.contains(r));
                         for to in listed {
                             if relays.insert(to.id) {
-                                let _ = dial.send(to);
+                                let _ = dial.send(Dial::Keep(to));
                             }
                         }
                     }
@@ -594,8 +601,20 @@ impl Node {
             };
             let cancel = cancel.clone();
             tasks.spawn(async move {
-                while let Some(Some(to)) = cancel.run_until_cancelled(to_dial.recv()).await {
-                    dialer.connect(to);
+                let mut kept: HashMap<DeviceId, CancellationToken> = HashMap::new();
+                while let Some(Some(d)) = cancel.run_until_cancelled(to_dial.recv()).await {
+                    match d {
+                        Dial::Keep(to) => {
+                            let stop = cancel.child_token();
+                            kept.insert(to.id, stop.clone());
+                            dialer.connect_until(to, stop);
+                        }
+                        Dial::Drop(id) => {
+                            if let Some(stop) = kept.remove(&id) {
+                                stop.cancel();
+                            }
+                        }
+                    }
                 }
             });
         }
@@ -778,6 +797,13 @@ impl Node {
     }
 }
 
+/// The store thread's word to the relay dialler: keep a connection to a listed relay, or stop
+/// (it is no longer listed in any of our workspaces).
+enum Dial {
+    Keep(PeerAddr),
+    Drop(DeviceId),
+}
+
 /// What keeping a connection needs (cloneable, so the relay watcher can dial too).
 struct Dialer {
     transport: Arc<Transport>,
@@ -790,11 +816,13 @@ impl Dialer {
     /// Keeps a connection to `to`: dials now and redials with backoff whenever it drops, until
     /// the node stops or the peer refuses us.
     fn connect(&self, to: PeerAddr) {
-        let (transport, cmd, cancel) = (
-            self.transport.clone(),
-            self.cmd.clone(),
-            self.cancel.clone(),
-        );
+        self.connect_until(to, self.cancel.clone());
+    }
+
+    /// [`Dialer::connect`], until `cancel` too (a child of the node's token): the connection
+    /// closes and no redial follows.
+    fn connect_until(&self, to: PeerAddr, cancel: CancellationToken) {
+        let (transport, cmd) = (self.transport.clone(), self.cmd.clone());
         let span = info_span!("dial", peer = %to.id);
         self.tasks.spawn(
             async move {
@@ -1038,4 +1066,54 @@ async fn serve_conn(
     let _ = cmd.send(Cmd::Down { peer, conn_id });
     reader.close("bye");
     outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+
+    fn quiet_for(p: &mut Presences, device: DeviceId, d: Duration) {
+        let at = Instant::now()
+            .checked_sub(d)
+            .expect("the clock is far enough along");
+        p.seen.get_mut(&device).expect("seen").2 = at;
+    }
+
+    #[test]
+    fn silent_devices_go_offline_after_the_timeout_once() {
+        let mut p = Presences {
+            mine: Presence::Online,
+            last_beat: Instant::now(),
+            seen: HashMap::new(),
+        };
+        let (quiet, chatty, left) = (DeviceId([1; 32]), DeviceId([2; 32]), DeviceId([3; 32]));
+        let person = PersonId([9; 32]);
+        for d in [quiet, chatty, left] {
+            assert!(
+                p.set(d, person, Presence::Online).is_some(),
+                "new: an event"
+            );
+        }
+        assert!(
+            p.set(chatty, person, Presence::Online).is_none(),
+            "same: none"
+        );
+        assert!(p.gone(left).is_some());
+        quiet_for(&mut p, quiet, PRESENCE_TIMEOUT);
+        quiet_for(&mut p, chatty, PRESENCE_TIMEOUT - Duration::from_secs(1));
+        quiet_for(&mut p, left, PRESENCE_TIMEOUT * 2);
+
+        let events = p.expire();
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert!(matches!(
+            events[0],
+            NodeEvent::Presence { device, state: Presence::Offline, .. } if device == quiet
+        ));
+        assert!(p.expire().is_empty(), "offline once, not on every tick");
+        // A heartbeat brings it back.
+        assert!(p.set(quiet, person, Presence::Online).is_some());
+        assert!(p.gone(chatty).is_some());
+    }
 }

@@ -118,6 +118,24 @@ async fn settings_add_a_relay_that_running_nodes_use_then_remove_it() {
         |v| *v == json!([]),
     )
     .await;
+    // Neither node keeps dialling it: its connections close and none follows for longer than
+    // the longest redial backoff (5 s).
+    let m = &relay.handle().metrics;
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while m.connections.load(Ordering::Relaxed) != 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "connections stay open"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let dialled = m.connections_total.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    assert_eq!(
+        m.connections_total.load(Ordering::Relaxed),
+        dialled,
+        "a removed relay is dialled again"
+    );
 
     alice.shutdown().await;
     bob.shutdown().await;
