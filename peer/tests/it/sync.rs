@@ -354,3 +354,43 @@ fn joining_by_ticket_then_syncing() {
     assert_eq!(timeline(&nodes[1].store, ch).len(), 1);
     let _ = ws;
 }
+
+#[test]
+fn reading_up_to_a_message_leaves_what_came_after_unread() {
+    let (mut nodes, mut wire, ws, ch) = alice_and_bob();
+    let other = nodes[0].store.create_channel("random", "", false).unwrap();
+    let elsewhere = nodes[0].store.post(other, "over here", None, None).unwrap();
+    local(&mut nodes, &mut wire, 0);
+    connect(&mut nodes, &mut wire, 0, 1);
+    settle(&mut nodes, &mut wire);
+    let bob = &mut nodes[1].store;
+    bob.use_workspace(ws).unwrap();
+    let unread = |s: &Store| {
+        s.channels()
+            .unwrap()
+            .into_iter()
+            .find(|c| c.id == ch.to_string())
+            .unwrap()
+            .unread
+    };
+    let rows = timeline(bob, ch);
+    assert_eq!(unread(bob), 31, "everything alice wrote is new to bob");
+
+    // Up to the tenth message: the 21 after it stay unread.
+    let tenth: crdt_model::MessageId = rows[9].id.parse().unwrap();
+    bob.mark_read_up_to(ch, tenth).unwrap();
+    assert_eq!(unread(bob), 21);
+    // An older one never moves the mark back, nor does a message of another channel.
+    let fifth: crdt_model::MessageId = rows[4].id.parse().unwrap();
+    bob.mark_read_up_to(ch, fifth).unwrap();
+    let elsewhere: crdt_model::MessageId = elsewhere.id.parse().unwrap();
+    bob.mark_read_up_to(ch, elsewhere).unwrap();
+    assert_eq!(unread(bob), 21);
+    // All of it, then one more from alice.
+    bob.mark_read(ch).unwrap();
+    assert_eq!(unread(bob), 0);
+    nodes[0].store.post(ch, "one more", None, None).unwrap();
+    local(&mut nodes, &mut wire, 0);
+    settle(&mut nodes, &mut wire);
+    assert_eq!(unread(&nodes[1].store), 1);
+}
