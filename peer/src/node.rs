@@ -254,6 +254,18 @@ impl Presences {
     }
 }
 
+/// Copies who is connected and their presence where [`Node`]'s getters read them: after every
+/// command, and before a presence event goes out, so whoever sees the event sees it there too.
+fn publish(shared: &std::sync::Mutex<Shared>, conns: &Connections, presences: &Presences) {
+    let mut sh = shared.lock().expect("shared lock");
+    sh.connected.clear();
+    sh.connected.extend(conns.live.keys().copied());
+    sh.last_sync.clone_from(&conns.last_sync);
+    sh.presence.clear();
+    sh.presence
+        .extend(presences.seen.iter().map(|(d, (p, st, _))| (*d, (*p, *st))));
+}
+
 fn store_thread(
     mut store: Store,
     mut rx: mpsc::UnboundedReceiver<Cmd>,
@@ -334,6 +346,7 @@ fn store_thread(
                 }
                 run(&mut store, &mut engine, &mut conns, Event::Connected(peer));
                 if conns.live.contains_key(&peer) {
+                    publish(&shared, &conns, &presences);
                     let _ = events.send(NodeEvent::PeerUp(peer));
                     match store.presence_frames(presences.mine, &[peer]) {
                         Ok(frames) => frames.into_iter().for_each(|(p, f)| conns.send(&p, f)),
@@ -363,6 +376,7 @@ fn store_thread(
                             }
                         };
                         if let Some(ev) = ev {
+                            publish(&shared, &conns, &presences);
                             let _ = events.send(ev);
                         }
                     }
@@ -388,10 +402,14 @@ fn store_thread(
                         Event::Disconnected(peer),
                     );
                 }
+                let gone = if conns.live.contains_key(&peer) {
+                    None
+                } else {
+                    presences.gone(peer)
+                };
+                publish(&shared, &conns, &presences);
                 let _ = events.send(NodeEvent::PeerDown(peer));
-                if !conns.live.contains_key(&peer)
-                    && let Some(ev) = presences.gone(peer)
-                {
+                if let Some(ev) = gone {
                     let _ = events.send(ev);
                 }
             }
@@ -467,7 +485,11 @@ fn store_thread(
                         Err(e) => warn!("presence heartbeat failed: {e:#}"),
                     }
                 }
-                for ev in presences.expire() {
+                let expired = presences.expire();
+                if !expired.is_empty() {
+                    publish(&shared, &conns, &presences);
+                }
+                for ev in expired {
                     let _ = events.send(ev);
                 }
                 // A whole tick without other work is idle time: upkeep, one document at a time
@@ -503,13 +525,7 @@ fn store_thread(
             }
             Cmd::Stop => break,
         }
-        let mut sh = shared.lock().expect("shared lock");
-        sh.connected.clear();
-        sh.connected.extend(conns.live.keys().copied());
-        sh.last_sync.clone_from(&conns.last_sync);
-        sh.presence.clear();
-        sh.presence
-            .extend(presences.seen.iter().map(|(d, (p, st, _))| (*d, (*p, *st))));
+        publish(&shared, &conns, &presences);
     }
     // Save every sync state for the next start.
     let peers: Vec<DeviceId> = engine.peers().copied().collect();
