@@ -109,6 +109,10 @@ enum Command {
         /// UDP address to listen on.
         #[arg(long, default_value = "0.0.0.0:0")]
         bind: std::net::SocketAddr,
+        /// Announce this node on the local network and find your workspaces' members' nodes
+        /// there (mDNS), so peers on one LAN sync directly without anyone's address.
+        #[arg(long)]
+        lan: bool,
         /// Also serve the desktop app's UI to a browser on this loopback address (e.g.
         /// 127.0.0.1:8080; port 0 picks one) and print the link to open, token included.
         /// Works on a fresh home: the page onboards you.
@@ -359,16 +363,17 @@ fn run(cli: Cli, out: &mut output::Out) -> Result<()> {
     match cli.command {
         Command::Serve {
             bind,
+            lan,
             ui: Some(ui),
             ui_dir,
         } => {
             drop(store);
-            return net::serve(&home, bind, Some((ui, ui::ui_dir(ui_dir))), out);
+            return net::serve(&home, bind, lan, Some((ui, ui::ui_dir(ui_dir))), out);
         }
-        Command::Serve { bind, .. } => {
+        Command::Serve { bind, lan, .. } => {
             store.identity()?;
             drop(store);
-            return net::serve(&home, bind, None, out);
+            return net::serve(&home, bind, lan, None, out);
         }
         Command::Device(DeviceCmd::Join { ticket, bind }) => {
             if let Ok(me) = store.identity() {

@@ -26,6 +26,7 @@ async fn start(home: &Path, bind: SocketAddr) -> Result<Node> {
     Node::start(NodeConfig {
         db: home.join("flyt.db"),
         bind,
+        lan: false,
     })
     .await
     .context("starting the node")
@@ -52,6 +53,7 @@ async fn stop_signal() {
 pub fn serve(
     home: &Path,
     bind: SocketAddr,
+    lan: bool,
     ui: Option<(SocketAddr, Result<PathBuf, String>)>,
     out: &mut Out,
 ) -> Result<()> {
@@ -69,7 +71,7 @@ pub fn serve(
             None => None,
         };
         let api = Arc::new(
-            Api::open_home(home, bind)
+            Api::open_home(home, bind, lan)
                 .await
                 .map_err(|e| anyhow::anyhow!("{}", e.message))
                 .context("starting the node")?,

@@ -773,8 +773,9 @@ impl Api {
     }
 
     /// The API over the home folder `home` (created, owner-only, if it is new) with its node
-    /// on `bind`: how both transports (the desktop app, `flyt serve --ui`) start.
-    pub async fn open_home(home: &Path, bind: SocketAddr) -> Result<Api, ApiError> {
+    /// on `bind` (with LAN discovery if `lan`, see [`NodeConfig::lan`]): how both transports
+    /// (the desktop app, `flyt serve --ui`) start.
+    pub async fn open_home(home: &Path, bind: SocketAddr, lan: bool) -> Result<Api, ApiError> {
         crate::home::create(home).map_err(|e| {
             error!("api: creating {}: {e}", home.display());
             ApiError::new(
@@ -785,6 +786,7 @@ impl Api {
         Api::open(NodeConfig {
             db: crate::home::db_path(home),
             bind,
+            lan,
         })
         .await
     }

@@ -3,8 +3,8 @@
 //!
 //! A node has one [`Transport`]: an iroh endpoint whose key is the device's ed25519 key, so
 //! the endpoint id *is* the [`DeviceId`] and every connection is authenticated by it. It never
-//! touches the internet on its own: no public relays, no address lookup (DNS/pkarr/mDNS), no
-//! port mapping. Peers are dialled on the direct addresses of a [`PeerAddr`] and, when the
+//! touches the internet on its own: no public relays, no address lookup over DNS or pkarr, no
+//! port mapping; mDNS on the local network only when asked ([`Transport::enable_lan`]). Peers are dialled on the direct addresses of a [`PeerAddr`] and, when the
 //! workspace has a `flyt-relay`, through that relay's `/relay` (iroh's relay protocol, end-to-end
 //! encrypted): [`Transport::add_relay`] adds one, and from then on every dial also offers the
 //! relay path, so two nodes behind NATs still reach each other (iroh moves the connection to a
@@ -79,6 +79,10 @@ pub const FINISH_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long [`Transport::bind`] keeps retrying an explicit address that is still in use.
 pub const REBIND_GRACE: Duration = Duration::from_secs(2);
 
+/// The mDNS service name Flyt nodes announce themselves under (`_flyt._udp.local`), so
+/// `--lan` finds Flyt nodes, not every iroh application on the network.
+pub const LAN_SERVICE: &str = "flyt";
+
 /// Connections that completed their handshake, waiting for [`Transport::accept`].
 const ACCEPT_QUEUE: usize = 64;
 
@@ -106,6 +110,9 @@ pub enum NetError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// LAN discovery (mDNS) could not start, e.g. no interface allows multicast.
+    #[error("could not start LAN discovery (mDNS)")]
+    Lan(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// The endpoint is closed.
     #[error("the endpoint is closed")]
     EndpointClosed,
@@ -461,6 +468,38 @@ impl Transport {
             self.endpoint.insert_relay(url, config.into()).await;
         }
         Ok(new)
+    }
+
+    /// Turns on LAN discovery (`flyt serve --lan`): the endpoint announces its id and direct
+    /// addresses on the local network by mDNS (service `_flyt._udp.local`) and finds other
+    /// Flyt nodes doing the same, through n0's `iroh-mdns-address-lookup`. From then on a dial
+    /// also looks the peer's current addresses up there. Returns the nodes found, as they are
+    /// found (again when their addresses change); who they are is for the caller to judge: a
+    /// found node is only a claim of an id, proved by the handshake of a dial.
+    pub async fn enable_lan(
+        &self,
+    ) -> Result<impl futures_util::Stream<Item = PeerAddr> + Unpin + use<>, NetError> {
+        use iroh_mdns_address_lookup::{DiscoveryEvent, MdnsAddressLookup};
+        let mdns = MdnsAddressLookup::builder()
+            .service_name(LAN_SERVICE)
+            .build(self.endpoint.id())
+            .map_err(|e| NetError::Lan(Box::new(e)))?;
+        self.endpoint
+            .address_lookup()
+            .map_err(|_| NetError::EndpointClosed)?
+            .add(mdns.clone());
+        let found = mdns.subscribe().await;
+        // The endpoint holds the lookup (and so its mDNS task) from here on.
+        Ok(futures_util::StreamExt::filter_map(found, |ev| {
+            std::future::ready(match ev {
+                DiscoveryEvent::Discovered { endpoint_info, .. } => Some(PeerAddr {
+                    id: device_id(endpoint_info.endpoint_id),
+                    addrs: endpoint_info.ip_addrs().copied().collect(),
+                    relays: Vec::new(),
+                }),
+                _ => None,
+            })
+        }))
     }
 
     /// Stops using a relay (the workspace removed it).

@@ -32,6 +32,15 @@ use crate::{Outgoing, Store, StoreError};
 /// How long a dial may take before it counts as failed.
 pub const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Two members' nodes that find each other on the LAN: the one with the smaller device id dials
+/// at once, the other only if no connection came up within this long (it may not have heard
+/// our announcement). One connection, not two racing each other.
+pub const LAN_GRACE: Duration = Duration::from_secs(5);
+
+/// At most this many LAN nodes that are not our members' devices are remembered (to dial if
+/// they become members); more are ignored.
+const MAX_LAN_OTHERS: usize = 256;
+
 /// Errors of the running node.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -157,6 +166,8 @@ enum Cmd {
     SetPresence(Presence),
     /// Per-peer sync summaries of the connected peers.
     SyncStatus(oneshot::Sender<Vec<PeerSync>>),
+    /// A node announced itself on the LAN (`--lan`).
+    Found(PeerAddr),
     /// Look for writes by other processes on this home.
     Tick,
     Stop,
@@ -172,6 +183,9 @@ pub struct NodeConfig {
     pub db: PathBuf,
     /// UDP address for the iroh endpoint, e.g. `127.0.0.1:0`.
     pub bind: SocketAddr,
+    /// Announce this node and find peers on the local network by mDNS (`flyt serve --lan`):
+    /// devices of our workspaces' members found there are dialled, nobody else.
+    pub lan: bool,
 }
 
 /// A running node. Call [`Node::shutdown`] to stop it cleanly.
@@ -282,6 +296,18 @@ fn store_thread(
     };
     // Relays of our workspaces already being kept connected.
     let mut relays: std::collections::HashSet<DeviceId> = std::collections::HashSet::new();
+    // Members' devices found on the LAN and being kept connected; nodes found there that are
+    // not (yet: a join may still be syncing), looked at again on every tick.
+    let mut lan: std::collections::HashSet<DeviceId> = std::collections::HashSet::new();
+    let mut lan_others: HashMap<DeviceId, PeerAddr> = HashMap::new();
+    // Dial a LAN node only if it is a member's device, and not one we already keep a connection
+    // to by its stored address (that dial now also finds it by mDNS).
+    let lan_wanted = |store: &Store, to: &PeerAddr| {
+        store.is_member_device(&to.id).unwrap_or(false)
+            && !store
+                .known_peers()
+                .is_ok_and(|known| known.iter().any(|(d, _)| *d == to.id))
+    };
     let mut busy = false;
     let mut conns = Connections {
         live: HashMap::new(),
@@ -503,6 +529,18 @@ fn store_thread(
                     Ok(docs) => push(&mut store, &mut engine, &mut conns, docs),
                     Err(e) => warn!("looking for other processes' writes failed: {e:#}"),
                 }
+                // LAN nodes that have become members' devices since they were found.
+                let now_wanted: Vec<DeviceId> = lan_others
+                    .values()
+                    .filter(|to| lan_wanted(&store, to))
+                    .map(|to| to.id)
+                    .collect();
+                for id in now_wanted {
+                    if let Some(to) = lan_others.remove(&id) {
+                        lan.insert(id);
+                        let _ = dial.send(Dial::Lan(to));
+                    }
+                }
                 // A workspace that lists a relay (ours, another process's, or a peer's change):
                 // keep a connection to it.
                 // One no longer listed (removed from every workspace of ours): let it go.
@@ -523,6 +561,17 @@ fn store_thread(
                     Err(e) => warn!("reading the relays failed: {e:#}"),
                 }
             }
+            Cmd::Found(to) if !lan.contains(&to.id) => {
+                if lan_wanted(&store, &to) {
+                    debug!(peer = %to.id, addrs = ?to.addrs, "a member's device is on the LAN");
+                    lan_others.remove(&to.id);
+                    lan.insert(to.id);
+                    let _ = dial.send(Dial::Lan(to));
+                } else if lan_others.len() < MAX_LAN_OTHERS || lan_others.contains_key(&to.id) {
+                    lan_others.insert(to.id, to);
+                }
+            }
+            Cmd::Found(_) => {}
             Cmd::Stop => break,
         }
         publish(&shared, &conns, &presences);
@@ -560,6 +609,10 @@ impl Node {
         } else {
             Transport::bind_relaying(secret, cfg.bind, &relays).await?
         });
+        let found = match cfg.lan {
+            true => Some(transport.enable_lan().await?),
+            false => None,
+        };
         let (cmd, rx) = mpsc::unbounded_channel();
         let (events, _) = broadcast::channel(4096);
         let ev = events.clone();
@@ -608,12 +661,24 @@ impl Node {
                 }
             });
         }
+        if let Some(mut found) = found {
+            let (cmd, cancel) = (cmd.clone(), cancel.clone());
+            tasks.spawn(async move {
+                use futures_util::StreamExt;
+                while let Some(Some(to)) = cancel.run_until_cancelled(found.next()).await {
+                    if cmd.send(Cmd::Found(to)).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
         {
             let dialer = Dialer {
                 transport: transport.clone(),
                 cmd: cmd.clone(),
                 cancel: cancel.clone(),
                 tasks: tasks.clone(),
+                shared: shared.clone(),
             };
             let cancel = cancel.clone();
             tasks.spawn(async move {
@@ -629,6 +694,11 @@ impl Node {
                             if let Some(stop) = kept.remove(&id) {
                                 stop.cancel();
                             }
+                        }
+                        Dial::Lan(to) => {
+                            let stop = cancel.child_token();
+                            kept.insert(to.id, stop.clone());
+                            dialer.connect_lan(to, stop);
                         }
                     }
                 }
@@ -739,6 +809,7 @@ impl Node {
             cmd: self.cmd.clone(),
             cancel: self.cancel.clone(),
             tasks: self.tasks.clone(),
+            shared: self.shared.clone(),
         }
     }
 
@@ -813,11 +884,13 @@ impl Node {
     }
 }
 
-/// The store thread's word to the relay dialler: keep a connection to a listed relay, or stop
-/// (it is no longer listed in any of our workspaces).
+/// The store thread's word to the dialler: keep a connection to a listed relay, or stop (it
+/// is no longer listed in any of our workspaces); keep one to a member's device found on the
+/// LAN.
 enum Dial {
     Keep(PeerAddr),
     Drop(DeviceId),
+    Lan(PeerAddr),
 }
 
 /// What keeping a connection needs (cloneable, so the relay watcher can dial too).
@@ -826,9 +899,68 @@ struct Dialer {
     cmd: mpsc::UnboundedSender<Cmd>,
     cancel: CancellationToken,
     tasks: tokio_util::task::TaskTracker,
+    shared: Arc<std::sync::Mutex<Shared>>,
 }
 
 impl Dialer {
+    /// Keeps a connection to a member's device found on the LAN, whichever side dialled it:
+    /// while one is up (the peer dialled us, say) this waits; when none is, it dials, the
+    /// smaller device id at once and the other after [`LAN_GRACE`] (see there), with backoff.
+    fn connect_lan(&self, to: PeerAddr, cancel: CancellationToken) {
+        let (transport, cmd, shared) = (
+            self.transport.clone(),
+            self.cmd.clone(),
+            self.shared.clone(),
+        );
+        let span = info_span!("dial", peer = %to.id, via = "lan");
+        let first = if transport.id().0 < to.id.0 {
+            Duration::ZERO
+        } else {
+            LAN_GRACE
+        };
+        self.tasks.spawn(
+            async move {
+                let connected = || {
+                    let sh = shared.lock().expect("shared lock");
+                    sh.connected.contains(&to.id)
+                };
+                let mut pause = first;
+                loop {
+                    if cancel
+                        .run_until_cancelled(tokio::time::sleep(pause))
+                        .await
+                        .is_none()
+                    {
+                        return;
+                    }
+                    pause = (pause * 2).clamp(LAN_GRACE, Duration::from_secs(30));
+                    if connected() {
+                        continue;
+                    }
+                    match cancel
+                        .run_until_cancelled(transport.dial(&to, DIAL_TIMEOUT))
+                        .await
+                    {
+                        None => return,
+                        Some(Ok(conn)) => {
+                            pause = Duration::from_millis(500);
+                            let side = Side::Dial;
+                            match serve_conn(conn, cmd.clone(), side, cancel.child_token()).await {
+                                Err(NodeError::Refused(why)) => {
+                                    warn!("LAN peer refused us: {why}");
+                                    return;
+                                }
+                                _ => debug!("connection ended"),
+                            }
+                        }
+                        Some(Err(e)) => debug!("LAN dial failed: {e:#}"),
+                    }
+                }
+            }
+            .instrument(span),
+        );
+    }
+
     /// Keeps a connection to `to`: dials now and redials with backoff whenever it drops, until
     /// the node stops or the peer refuses us.
     fn connect(&self, to: PeerAddr) {

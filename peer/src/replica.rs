@@ -270,21 +270,7 @@ impl Host for Writer<'_> {
     }
 
     fn may_connect(&mut self, peer: &DeviceId) -> bool {
-        let member: Option<i64> = self
-            .tx
-            .prepare_cached(
-                "SELECT 1 FROM devices d JOIN members m
-                   ON m.workspace = d.workspace AND m.person = d.person
-                 WHERE d.device = ?1 AND m.role != 'removed' LIMIT 1",
-            )
-            .ok()
-            .and_then(|mut s| {
-                s.query_row([peer.to_string()], |r| r.get(0))
-                    .optional()
-                    .ok()
-            })
-            .flatten();
-        if member.is_some() {
+        if member_device(self.tx, peer).unwrap_or(false) {
             return true;
         }
         let workspaces: Vec<String> = self
@@ -835,6 +821,12 @@ impl Store {
         Ok(v)
     }
 
+    /// Whether `device` is a device of a current member of one of our workspaces (what a
+    /// node found on the LAN must be before this one dials it).
+    pub fn is_member_device(&self, device: &DeviceId) -> Result<bool, StoreError> {
+        Ok(member_device(&self.conn, device)?)
+    }
+
     /// Remembers a peer to keep connected to and where it listens.
     pub fn remember_peer(&mut self, device: DeviceId, addrs: &[String]) -> Result<(), StoreError> {
         self.conn.execute(
@@ -1110,6 +1102,18 @@ impl Store {
             .ok()
             .flatten()
     }
+}
+
+/// Whether `device` is certified for a current member of some workspace we hold.
+fn member_device(conn: &rusqlite::Connection, device: &DeviceId) -> rusqlite::Result<bool> {
+    conn.prepare_cached(
+        "SELECT 1 FROM devices d JOIN members m
+           ON m.workspace = d.workspace AND m.person = d.person
+         WHERE d.device = ?1 AND m.role != 'removed' LIMIT 1",
+    )?
+    .query_row([device.to_string()], |_| Ok(()))
+    .optional()
+    .map(|r| r.is_some())
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ async fn open(home: &Home) -> Api {
     Api::open(NodeConfig {
         db: home.path.clone(),
         bind: "127.0.0.1:0".parse().unwrap(),
+        lan: false,
     })
     .await
     .expect("api opens")
@@ -373,7 +374,7 @@ async fn join_then_a_burst_arrives_in_a_few_batches() {
 async fn open_home_creates_a_private_home_that_onboards() {
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("new/home");
-    let api = Api::open_home(&home, "127.0.0.1:0".parse().unwrap())
+    let api = Api::open_home(&home, "127.0.0.1:0".parse().unwrap(), false)
         .await
         .expect("a fresh home opens");
     assert_eq!(
@@ -396,7 +397,7 @@ async fn open_home_on_a_file_says_which_folder_and_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("home");
     std::fs::write(&file, "not a folder").unwrap();
-    let e = Api::open_home(&file, "127.0.0.1:0".parse().unwrap())
+    let e = Api::open_home(&file, "127.0.0.1:0".parse().unwrap(), false)
         .await
         .unwrap_err();
     assert_eq!(e.code, ErrorCode::Internal);

@@ -84,6 +84,7 @@ async fn start(seed: u64, home: &Home, bind: SocketAddr) -> Node {
     Node::start(NodeConfig {
         db: home.path.clone(),
         bind,
+        lan: false,
     })
     .await
     .unwrap_or_else(|e| {

@@ -8,6 +8,7 @@ mod converge;
 mod devices;
 mod ephemeral;
 mod errors;
+mod lan;
 mod node;
 mod private;
 mod projection;

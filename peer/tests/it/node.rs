@@ -13,9 +13,15 @@ use crate::common::Home;
 pub const WAIT: Duration = Duration::from_secs(20);
 
 pub async fn start(home: &Home) -> Node {
+    start_with(home, false).await
+}
+
+/// A node on 127.0.0.1, with LAN discovery (mDNS) if `lan`.
+pub async fn start_with(home: &Home, lan: bool) -> Node {
     Node::start(NodeConfig {
         db: home.path.clone(),
         bind: "127.0.0.1:0".parse().unwrap(),
+        lan,
     })
     .await
     .expect("node starts")

@@ -15,6 +15,7 @@ async fn open(db: &std::path::Path) -> Api {
     Api::open(NodeConfig {
         db: db.to_owned(),
         bind: "127.0.0.1:0".parse().unwrap(),
+        lan: false,
     })
     .await
     .unwrap()

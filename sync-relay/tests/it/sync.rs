@@ -20,6 +20,7 @@ async fn node(db: &std::path::Path) -> Node {
     Node::start(NodeConfig {
         db: db.to_owned(),
         bind: LOOPBACK.parse().unwrap(),
+        lan: false,
     })
     .await
     .unwrap()

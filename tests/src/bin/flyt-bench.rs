@@ -272,6 +272,7 @@ async fn start_node(db: &Path) -> Result<peer::node::Node> {
     Ok(peer::node::Node::start(peer::node::NodeConfig {
         db: db.to_path_buf(),
         bind: "127.0.0.1:0".parse()?,
+        lan: false,
     })
     .await?)
 }
