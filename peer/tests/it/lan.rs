@@ -9,11 +9,10 @@
 use std::process::Command;
 use std::time::Duration;
 
-use crdt_model::{DeviceId, DocId, Role};
+use crdt_model::{DeviceId, DocId};
 use peer::node::{Node, NodeEvent};
 
-use crate::common::Home;
-use crate::node::{WAIT, home_with, start, start_with, until};
+use crate::node::{WAIT, home_with, member_ticket, start, start_with, until};
 
 /// Set in the re-run inside the namespace.
 const INSIDE: &str = "FLYT_TEST_IN_NETNS";
@@ -89,12 +88,7 @@ async fn scenario() {
     let (bob_home, carol_home) = (home_with("bob"), home_with("carol"));
     let mut devices = Vec::new();
     for home in [&bob_home, &carol_home] {
-        let addrs: Vec<String> = alice.addr().addrs.iter().map(|a| a.to_string()).collect();
-        let ticket = alice
-            .call(move |s| s.invite(Role::Member, 60_000, addrs))
-            .await
-            .unwrap()
-            .unwrap();
+        let ticket = member_ticket(&alice).await;
         let node = start(home).await;
         let mut events = node.subscribe();
         assert_eq!(node.join(&ticket).await.unwrap(), ws);

@@ -27,6 +27,15 @@ pub async fn start_with(home: &Home, lan: bool) -> Node {
     .expect("node starts")
 }
 
+/// A fresh single-use member invite from `node`, reaching it on its addresses.
+pub async fn member_ticket(node: &Node) -> String {
+    let addrs: Vec<String> = node.addr().addrs.iter().map(|a| a.to_string()).collect();
+    node.call(move |s| s.invite(Role::Member, 60_000, addrs))
+        .await
+        .unwrap()
+        .unwrap()
+}
+
 /// Waits until `check` holds on the node's store, re-checking after every node event.
 pub async fn until<T: Send + 'static>(
     node: &Node,
@@ -93,12 +102,7 @@ async fn invite_join_and_chat_over_quic() {
         (ws, ch)
     };
     let alice = start(&alice_home).await;
-    let addrs: Vec<String> = alice.addr().addrs.iter().map(|a| a.to_string()).collect();
-    let ticket = alice
-        .call(move |s| s.invite(Role::Member, 60_000, addrs))
-        .await
-        .unwrap()
-        .unwrap();
+    let ticket = member_ticket(&alice).await;
 
     let bob_home = home_with("bob");
     let bob = start(&bob_home).await;
