@@ -727,6 +727,8 @@ fn archive_bench(args: &[String]) -> Result<()> {
         let elapsed_s = start.elapsed().as_secs_f64();
         let status = archive.status();
         archive.close(std::time::Duration::from_secs(5)).await;
+        // The commits channel ends (and so the collector) only when the last handle is gone.
+        drop(archive);
         let (lags, batches) = collector.await?;
         if let Some((c, name)) = throwaway {
             c.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
