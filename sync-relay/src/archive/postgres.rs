@@ -9,10 +9,12 @@
 //!
 //! The connection is made again whenever it broke: a write after Postgres came back just works.
 
+use std::collections::BTreeMap;
+
 use tokio::sync::Mutex;
 use tokio_postgres::{Client, NoTls};
 
-use super::{ArchiveError, ArchivedMessage, Batch, MessageOp, PageQuery, SCHEMA_VERSION};
+use super::{ArchiveError, ArchivedMessage, Batch, DocMeta, MessageOp, PageQuery, SCHEMA_VERSION};
 use crdt_model::{DeviceId, DocId, Role};
 
 /// Migrations, in order: `MIGRATIONS[i]` takes the schema from version `i` to `i + 1`.
@@ -345,25 +347,47 @@ pub(crate) fn heads_text(heads: &[automerge::ChangeHash]) -> String {
 
 async fn write(c: &mut Client, b: &Batch) -> Result<(), ArchiveError> {
     let tx = c.transaction().await?;
-    for (chunk, _) in &b.chunks {
-        let m = &chunk.meta;
+    if !b.chunks.is_empty() {
+        // One statement per table, not two round trips per chunk: each document once, with
+        // the heads of its last chunk here; the chunks in submission order (their `seq`).
+        let mut docs: BTreeMap<String, (&DocMeta, &[automerge::ChangeHash])> = BTreeMap::new();
+        for (chunk, _) in &b.chunks {
+            docs.insert(chunk.meta.id.to_string(), (&chunk.meta, &chunk.heads));
+        }
+        let ids: Vec<&str> = docs.keys().map(String::as_str).collect();
+        let kinds: Vec<&str> = docs.values().map(|(m, _)| m.kind.as_str()).collect();
+        let workspaces: Vec<String> = docs
+            .values()
+            .map(|(m, _)| m.workspace.to_string())
+            .collect();
+        let channels: Vec<Option<String>> = docs
+            .values()
+            .map(|(m, _)| m.channel.map(|c| c.to_string()))
+            .collect();
+        let keys: Vec<Option<&str>> = docs
+            .values()
+            .map(|(m, _)| m.bucket_key.as_deref())
+            .collect();
+        let heads: Vec<String> = docs.values().map(|(_, h)| heads_text(h)).collect();
         tx.execute(
             "INSERT INTO archive_documents (id, kind, workspace, channel, bucket_key, heads)
-             VALUES ($1, $2, $3, $4, $5, $6)
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                 $6::text[])
              ON CONFLICT (id) DO UPDATE SET heads = excluded.heads, updated_at = now()",
-            &[
-                &m.id.to_string(),
-                &m.kind.as_str(),
-                &m.workspace.to_string(),
-                &m.channel.map(|c| c.to_string()),
-                &m.bucket_key,
-                &heads_text(&chunk.heads),
-            ],
+            &[&ids, &kinds, &workspaces, &channels, &keys, &heads],
         )
         .await?;
+        let chunk_docs: Vec<String> = b
+            .chunks
+            .iter()
+            .map(|(c, _)| c.meta.id.to_string())
+            .collect();
+        let data: Vec<&[u8]> = b.chunks.iter().map(|(c, _)| c.data.as_slice()).collect();
         tx.execute(
-            "INSERT INTO archive_chunks (doc, data) VALUES ($1, $2)",
-            &[&m.id.to_string(), &chunk.data],
+            "INSERT INTO archive_chunks (doc, data)
+             SELECT d, x FROM UNNEST($1::text[], $2::bytea[]) WITH ORDINALITY AS u (d, x, n)
+             ORDER BY n",
+            &[&chunk_docs, &data],
         )
         .await?;
     }
