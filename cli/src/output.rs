@@ -401,9 +401,14 @@ impl Out {
             writeln!(self.out, "peers    none yet")?;
         }
         for p in &st.peers {
+            let last = p
+                .last_sync_ms
+                .and_then(local)
+                .map(|t| format!("  last sync {}", t.strftime("%Y-%m-%d %H:%M")))
+                .unwrap_or_default();
             writeln!(
                 self.out,
-                "peer     {:<12} {}  {} documents synced  {}",
+                "peer     {:<12} {}  {} documents synced{last}  {}",
                 p.name.as_deref().unwrap_or("?"),
                 &p.device[..12],
                 p.synced_documents,

@@ -1432,7 +1432,7 @@ fn status(s: &mut Store, live: &LiveStatus) -> Result<StatusView, StoreError> {
                 connected: connected.contains(&p.device),
                 docs_in_sync: sync.map_or(0, |x| x.in_sync),
                 docs_behind: sync.map_or(0, |x| x.behind),
-                last_sync_ts: sync.and_then(|x| x.last_sync_ms),
+                last_sync_ts: sync.and_then(|x| x.last_sync_ms).or(p.last_sync_ms),
                 device: p.device,
                 name: p.name,
                 docs_synced: p.synced_documents,

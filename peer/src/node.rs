@@ -211,6 +211,15 @@ struct Connections {
 }
 
 impl Connections {
+    /// Keeps when `peer` last synced, for `status` after the connection (or the node) is gone.
+    fn save_last_sync(&self, store: &Store, peer: &DeviceId) {
+        if let Some(&at) = self.last_sync.get(peer)
+            && let Err(e) = store.save_last_sync(peer, at)
+        {
+            warn!(%peer, "saving the last sync time failed: {e:#}");
+        }
+    }
+
     fn send(&self, peer: &DeviceId, f: Frame) {
         if let Some((_, tx)) = self.live.get(peer) {
             let _ = tx.send(f);
@@ -420,6 +429,7 @@ fn store_thread(
                 if conns.live.get(&peer).is_some_and(|(id, _)| *id == conn_id) {
                     conns.live.remove(&peer);
                 }
+                conns.save_last_sync(&store, &peer);
                 if engine.peers().any(|p| *p == peer) && !conns.live.contains_key(&peer) {
                     run(
                         &mut store,
@@ -580,6 +590,10 @@ fn store_thread(
     let peers: Vec<DeviceId> = engine.peers().copied().collect();
     for p in peers {
         run(&mut store, &mut engine, &mut conns, Event::Disconnected(p));
+    }
+    let synced: Vec<DeviceId> = conns.last_sync.keys().copied().collect();
+    for p in synced {
+        conns.save_last_sync(&store, &p);
     }
     if let Err(e) = store.maintain() {
         warn!("storage upkeep at shutdown failed: {e:#}");

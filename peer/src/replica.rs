@@ -44,6 +44,9 @@ pub struct PeerStatus {
     pub addrs: Vec<String>,
     /// Documents with a saved sync state for it.
     pub synced_documents: i64,
+    /// When a sync message last went either way with it, as of the last connection that
+    /// ended (ms); the running node knows newer.
+    pub last_sync_ms: Option<i64>,
 }
 
 /// What the runtime must do after the store handled a sync event: the transaction that made
@@ -703,19 +706,21 @@ impl Store {
         let listen = self.listen_addrs()?;
         let mut peers = Vec::new();
         for (device, addrs) in self.known_peers()? {
-            let (name, synced): (Option<String>, i64) = self.conn.query_row(
+            let (name, synced, last_sync_ms) = self.conn.query_row(
                 "SELECT (SELECT m.name FROM devices d JOIN members m
                            ON m.workspace = d.workspace AND m.person = d.person
                          WHERE d.device = ?1 LIMIT 1),
-                        (SELECT count(*) FROM sync_state WHERE peer = ?1)",
+                        (SELECT count(*) FROM sync_state WHERE peer = ?1),
+                        (SELECT at_ms FROM peer_last_sync WHERE device = ?1)",
                 [device.to_string()],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )?;
             peers.push(PeerStatus {
                 device: device.to_string(),
                 name,
                 addrs,
                 synced_documents: synced,
+                last_sync_ms,
             });
         }
         let count = |sql: &str| -> Result<i64, StoreError> {
@@ -825,6 +830,17 @@ impl Store {
     /// node found on the LAN must be before this one dials it).
     pub fn is_member_device(&self, device: &DeviceId) -> Result<bool, StoreError> {
         Ok(member_device(&self.conn, device)?)
+    }
+
+    /// Records when a sync message last went either way with `device` (never moves back).
+    pub fn save_last_sync(&self, device: &DeviceId, at_ms: i64) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO peer_last_sync (device, at_ms) VALUES (?1, ?2)
+                 ON CONFLICT (device) DO UPDATE SET at_ms = max(at_ms, excluded.at_ms)",
+            )?
+            .execute(params![device.to_string(), at_ms])?;
+        Ok(())
     }
 
     /// Remembers a peer to keep connected to and where it listens.

@@ -27,7 +27,7 @@ pub fn open(path: &std::path::Path) -> Result<Connection, StoreError> {
 }
 
 /// The schema version this build writes. A database with a newer one is refused.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 const V1: &str = r#"
 CREATE TABLE meta (
@@ -188,6 +188,15 @@ CREATE TABLE channel_members (
 ) STRICT, WITHOUT ROWID;
 "#;
 
+const V4: &str = r#"
+-- When a sync message last went either way with a peer, kept when the connection ends (so
+-- `status` can say when an offline peer was last in touch).
+CREATE TABLE peer_last_sync (
+    device TEXT PRIMARY KEY,
+    at_ms  INTEGER NOT NULL
+) STRICT, WITHOUT ROWID;
+"#;
+
 /// Brings the database to [`SCHEMA_VERSION`], refusing one written by a newer build.
 pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
@@ -197,7 +206,7 @@ pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
             known: SCHEMA_VERSION,
         });
     }
-    for (target, sql) in [(1, V1), (2, V2), (3, V3)] {
+    for (target, sql) in [(1, V1), (2, V2), (3, V3), (4, V4)] {
         if version >= target {
             continue;
         }

@@ -167,5 +167,13 @@ async fn invite_join_and_chat_over_quic() {
     // Sync states were saved for the next connection.
     let saved = crate::common::count(&bob_home.path, "SELECT count(*) FROM sync_state");
     assert!(saved >= 3, "{saved} sync states saved");
+    // And when bob last synced with alice, for `status` while neither runs.
+    let status = bob_home.open().status().unwrap();
+    let with_alice = &status.peers[0];
+    let last = with_alice.last_sync_ms.expect("a last sync time kept");
+    assert!(
+        (peer::now_ms() - 60_000..=peer::now_ms()).contains(&last),
+        "{last}"
+    );
     let _: DocId = ch;
 }
