@@ -63,6 +63,14 @@ pub fn shortcode(s: &str) -> String {
         .map_or_else(|| s.to_owned(), |(_, v)| (*v).to_owned())
 }
 
+/// `1 message`, `2 messages`.
+fn counted(n: i64, noun: &str) -> String {
+    match n {
+        1 => format!("1 {noun}"),
+        n => format!("{n} {noun}s"),
+    }
+}
+
 fn local(ts_ms: i64) -> Option<jiff::Zoned> {
     let t = jiff::Timestamp::from_millisecond(ts_ms).ok()?;
     Some(t.to_zoned(jiff::tz::TimeZone::system()))
@@ -365,8 +373,11 @@ impl Out {
         }
         writeln!(
             self.out,
-            "data     {} workspaces, {} channels, {} buckets, {} messages",
-            st.workspaces, st.channels, st.buckets, st.messages
+            "data     {}, {}, {}, {}",
+            counted(st.workspaces, "workspace"),
+            counted(st.channels, "channel"),
+            counted(st.buckets, "bucket"),
+            counted(st.messages, "message")
         )?;
         if let Some(live) = live {
             let cu = live.catching_up;
@@ -408,10 +419,10 @@ impl Out {
                 .unwrap_or_default();
             writeln!(
                 self.out,
-                "peer     {:<12} {}  {} documents synced{last}  {}",
+                "peer     {:<12} {}  {} synced{last}  {}",
                 p.name.as_deref().unwrap_or("?"),
                 &p.device[..12],
-                p.synced_documents,
+                counted(p.synced_documents, "document"),
                 self.paint("2", &p.addrs.join(" "))
             )?;
         }
