@@ -311,11 +311,12 @@ fn store_thread(
     let mut lan_others: HashMap<DeviceId, PeerAddr> = HashMap::new();
     // Dial a LAN node only if it is a member's device, and not one we already keep a connection
     // to by its stored address (that dial now also finds it by mDNS).
-    let lan_wanted = |store: &Store, to: &PeerAddr| {
-        store.is_member_device(&to.id).unwrap_or(false)
-            && !store
-                .known_peers()
-                .is_ok_and(|known| known.iter().any(|(d, _)| *d == to.id))
+    let known_ids = |store: &Store| -> Vec<DeviceId> {
+        let known = store.known_peers().unwrap_or_default();
+        known.into_iter().map(|(d, _)| d).collect()
+    };
+    let lan_wanted = |store: &Store, known: &[DeviceId], to: &PeerAddr| {
+        !known.contains(&to.id) && store.is_member_device(&to.id).unwrap_or(false)
     };
     let mut busy = false;
     let mut conns = Connections {
@@ -540,9 +541,13 @@ fn store_thread(
                     Err(e) => warn!("looking for other processes' writes failed: {e:#}"),
                 }
                 // LAN nodes that have become members' devices since they were found.
+                let known = match lan_others.is_empty() {
+                    true => Vec::new(),
+                    false => known_ids(&store),
+                };
                 let now_wanted: Vec<DeviceId> = lan_others
                     .values()
-                    .filter(|to| lan_wanted(&store, to))
+                    .filter(|to| lan_wanted(&store, &known, to))
                     .map(|to| to.id)
                     .collect();
                 for id in now_wanted {
@@ -572,7 +577,7 @@ fn store_thread(
                 }
             }
             Cmd::Found(to) if !lan.contains(&to.id) => {
-                if lan_wanted(&store, &to) {
+                if lan_wanted(&store, &known_ids(&store), &to) {
                     debug!(peer = %to.id, addrs = ?to.addrs, "a member's device is on the LAN");
                     lan_others.remove(&to.id);
                     lan.insert(to.id);
@@ -921,58 +926,19 @@ impl Dialer {
     /// while one is up (the peer dialled us, say) this waits; when none is, it dials, the
     /// smaller device id at once and the other after [`LAN_GRACE`] (see there), with backoff.
     fn connect_lan(&self, to: PeerAddr, cancel: CancellationToken) {
-        let (transport, cmd, shared) = (
-            self.transport.clone(),
-            self.cmd.clone(),
-            self.shared.clone(),
-        );
-        let span = info_span!("dial", peer = %to.id, via = "lan");
-        let first = if transport.id().0 < to.id.0 {
+        let first = if self.transport.id().0 < to.id.0 {
             Duration::ZERO
         } else {
             LAN_GRACE
         };
-        self.tasks.spawn(
-            async move {
-                let connected = || {
-                    let sh = shared.lock().expect("shared lock");
-                    sh.connected.contains(&to.id)
-                };
-                let mut pause = first;
-                loop {
-                    if cancel
-                        .run_until_cancelled(tokio::time::sleep(pause))
-                        .await
-                        .is_none()
-                    {
-                        return;
-                    }
-                    pause = (pause * 2).clamp(LAN_GRACE, Duration::from_secs(30));
-                    if connected() {
-                        continue;
-                    }
-                    match cancel
-                        .run_until_cancelled(transport.dial(&to, DIAL_TIMEOUT))
-                        .await
-                    {
-                        None => return,
-                        Some(Ok(conn)) => {
-                            pause = Duration::from_millis(500);
-                            let side = Side::Dial;
-                            match serve_conn(conn, cmd.clone(), side, cancel.child_token()).await {
-                                Err(NodeError::Refused(why)) => {
-                                    warn!("LAN peer refused us: {why}");
-                                    return;
-                                }
-                                _ => debug!("connection ended"),
-                            }
-                        }
-                        Some(Err(e)) => debug!("LAN dial failed: {e:#}"),
-                    }
-                }
-            }
-            .instrument(span),
-        );
+        let policy = Redial {
+            first,
+            min: LAN_GRACE,
+            max: Duration::from_secs(30),
+            after_connection: Duration::from_millis(500),
+            unless_connected: true,
+        };
+        self.keep(to, cancel, policy, "lan");
     }
 
     /// Keeps a connection to `to`: dials now and redials with backoff whenever it drops, until
@@ -984,44 +950,85 @@ impl Dialer {
     /// [`Dialer::connect`], until `cancel` too (a child of the node's token): the connection
     /// closes and no redial follows.
     fn connect_until(&self, to: PeerAddr, cancel: CancellationToken) {
-        let (transport, cmd) = (self.transport.clone(), self.cmd.clone());
-        let span = info_span!("dial", peer = %to.id);
+        let policy = Redial {
+            first: Duration::ZERO,
+            min: Duration::from_millis(100),
+            max: Duration::from_secs(5),
+            after_connection: Duration::from_millis(100),
+            unless_connected: false,
+        };
+        self.keep(to, cancel, policy, "address");
+    }
+
+    /// The one dial loop: waits, dials `to`, serves the connection, and again, as `policy`
+    /// says, until `cancel` or the peer refuses us.
+    fn keep(&self, to: PeerAddr, cancel: CancellationToken, policy: Redial, via: &'static str) {
+        let (transport, cmd, shared) = (
+            self.transport.clone(),
+            self.cmd.clone(),
+            self.shared.clone(),
+        );
+        let span = info_span!("dial", peer = %to.id, via);
         self.tasks.spawn(
             async move {
-                let mut backoff = Duration::from_millis(100);
+                let connected = || {
+                    let sh = shared.lock().expect("shared lock");
+                    sh.connected.contains(&to.id)
+                };
+                let mut pause = policy.first;
                 loop {
-                    let conn = cancel
+                    if !pause.is_zero()
+                        && cancel
+                            .run_until_cancelled(tokio::time::sleep(pause))
+                            .await
+                            .is_none()
+                    {
+                        return;
+                    }
+                    let next = (pause * 2).clamp(policy.min, policy.max);
+                    if policy.unless_connected && connected() {
+                        pause = next;
+                        continue;
+                    }
+                    match cancel
                         .run_until_cancelled(transport.dial(&to, DIAL_TIMEOUT))
-                        .await;
-                    match conn {
+                        .await
+                    {
                         None => return,
                         Some(Ok(conn)) => {
-                            backoff = Duration::from_millis(100);
-                            match serve_conn(conn, cmd.clone(), Side::Dial, cancel.child_token())
-                                .await
-                            {
+                            let side = Side::Dial;
+                            match serve_conn(conn, cmd.clone(), side, cancel.child_token()).await {
                                 Err(NodeError::Refused(why)) => {
                                     warn!("peer refused us: {why}");
                                     return;
                                 }
                                 _ => debug!("connection ended"),
                             }
+                            pause = policy.after_connection;
                         }
-                        Some(Err(e)) => debug!("dial failed: {e:#}"),
+                        Some(Err(e)) => {
+                            debug!("dial failed: {e:#}");
+                            pause = next;
+                        }
                     }
-                    if cancel
-                        .run_until_cancelled(tokio::time::sleep(backoff))
-                        .await
-                        .is_none()
-                    {
-                        return;
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
             .instrument(span),
         );
     }
+}
+
+/// How [`Dialer::keep`] redials.
+struct Redial {
+    /// Wait before the first dial.
+    first: Duration,
+    /// Waits between dials double, from at least `min` up to `max`.
+    min: Duration,
+    max: Duration,
+    /// Wait after a connection that came up has ended.
+    after_connection: Duration,
+    /// Dial only while no connection to the peer is up (it may have dialled us).
+    unless_connected: bool,
 }
 
 /// Makes a fresh home (no identity yet) another device of the person who issued the
