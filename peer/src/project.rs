@@ -33,6 +33,11 @@ impl Writer<'_> {
                 params![w, person.to_string(), v.name_of(person), role.as_str()],
             )?;
         }
+        // Joined: from now on the inviter is trusted as what it is in the workspace (a member,
+        // or, once removed, nobody), not as our inviter.
+        if v.is_member(&self.me.person_id()) {
+            tx.execute("DELETE FROM joining WHERE workspace = ?1", [&w])?;
+        }
         let old_devices: BTreeSet<(String, String)> = tx
             .prepare_cached("SELECT device, person FROM devices WHERE workspace = ?1")?
             .query_map([&w], |r| Ok((r.get(0)?, r.get(1)?)))?

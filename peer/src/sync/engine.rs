@@ -5,7 +5,8 @@
 //! - **Only what the peer may see**: every document is checked against [`Host::may_share`] when
 //!   it is offered, requested or changed, and again on [`Event::PolicyChanged`]; a peer that
 //!   may not connect is closed before it learns anything; a document id the engine may not
-//!   hold never gets state allocated.
+//!   hold never gets state allocated. A workspace change from a peer is passed on only after
+//!   the host applied it, so a member it removes does not get it through us either.
 //! - **Newest first**: [`Host::offer`] lists documents in sync order (workspace and channel
 //!   documents, then buckets newest first), and the engine opens them in that order.
 //! - **Durable before acknowledged**: a received change is returned as [`Action::Changed`]
@@ -56,7 +57,9 @@ pub enum Event {
     LocalChange(Vec<DocId>),
     /// The connection to `peer` is gone.
     Disconnected(DeviceId),
-    /// Membership or channel privacy changed: re-check every (peer, document).
+    /// Membership or channel privacy changed: re-check every (peer, document). The runtime
+    /// sends it right after applying an [`Action::Changed`] of a workspace document: only then
+    /// does the engine pass that change on to other peers.
     PolicyChanged,
 }
 
@@ -111,6 +114,11 @@ const MAX_DEFERRED: usize = 100_000;
 #[derive(Debug, Default)]
 pub struct Engine {
     peers: BTreeMap<DeviceId, Peer>,
+    /// Workspace documents a peer changed, not yet passed on to the other peers: who may see
+    /// what is read from them, so they go out only once the host applied the change (on the
+    /// next event, [`Event::PolicyChanged`] first of all). With the peer they came from, unless
+    /// several sent changes.
+    held: BTreeMap<DocId, Option<DeviceId>>,
 }
 
 impl Engine {
@@ -156,6 +164,9 @@ impl Engine {
     /// Handles one event and returns what to do.
     pub fn handle(&mut self, host: &mut impl Host, event: Event) -> Vec<Action> {
         let mut out = Vec::new();
+        if !matches!(event, Event::PolicyChanged) {
+            self.release(host, &mut out);
+        }
         match event {
             Event::Connected(peer) => self.connected(host, peer, &mut out),
             Event::Frame(peer, frame) => self.frame(host, peer, frame, &mut out),
@@ -165,9 +176,19 @@ impl Engine {
                 }
             }
             Event::Disconnected(peer) => self.disconnected(peer, &mut out),
-            Event::PolicyChanged => self.policy_changed(host, &mut out),
+            Event::PolicyChanged => {
+                self.policy_changed(host, &mut out);
+                self.release(host, &mut out);
+            }
         }
         out
+    }
+
+    /// Passes held workspace changes on, now that the host applied them.
+    fn release(&mut self, host: &mut impl Host, out: &mut Vec<Action>) {
+        for (doc, from) in std::mem::take(&mut self.held) {
+            self.fan_out(host, doc, from, out);
+        }
     }
 
     fn connected(&mut self, host: &mut impl Host, peer: DeviceId, out: &mut Vec<Action>) {
@@ -334,7 +355,21 @@ impl Engine {
                 },
             ));
         }
-        if changed {
+        if !changed {
+            return;
+        }
+        // A workspace change may remove a member: tell nobody before the host applied it
+        // (`Action::Changed`), so a removed member gets nothing of it either.
+        if matches!(host.doc_ref(doc), Some(DocRef::Workspace { .. })) {
+            self.held
+                .entry(doc)
+                .and_modify(|from| {
+                    if *from != Some(peer) {
+                        *from = None;
+                    }
+                })
+                .or_insert(Some(peer));
+        } else {
             self.fan_out(host, doc, Some(peer), out);
         }
     }

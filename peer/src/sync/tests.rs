@@ -155,6 +155,7 @@ impl Net {
     }
 
     fn run(&mut self, i: usize, actions: Vec<Action>) {
+        let mut policy = false;
         for a in actions {
             match a {
                 Action::Send(to, frame) => {
@@ -165,7 +166,11 @@ impl Net {
                         self.links.entry((i, j)).or_default().push_back(bytes);
                     }
                 }
-                Action::Changed { doc, .. } => self.nodes[i].changed.push(doc),
+                Action::Changed { doc, .. } => {
+                    self.nodes[i].changed.push(doc);
+                    // As the runtimes do: a workspace change may change who sees what.
+                    policy |= doc == WS;
+                }
                 Action::SaveState(peer, doc, state) => {
                     self.nodes[i].host.saved.insert((peer, doc), state);
                 }
@@ -175,6 +180,9 @@ impl Net {
                     self.cut(i, j);
                 }
             }
+        }
+        if policy {
+            self.event(i, Event::PolicyChanged);
         }
     }
 

@@ -39,6 +39,9 @@ struct Wire {
     queues: BTreeMap<(usize, usize), VecDeque<Vec<u8>>>,
     up: std::collections::BTreeSet<(usize, usize)>,
     closed: Vec<(usize, CloseReason)>,
+    /// (from, to, document) of every sync frame a node handed out, delivered or not (a real
+    /// connection still delivers what was sent before it closed).
+    synced: Vec<(usize, usize, DocId)>,
 }
 
 fn index(nodes: &[Node], d: &DeviceId) -> usize {
@@ -52,6 +55,9 @@ fn event(nodes: &mut [Node], wire: &mut Wire, i: usize, e: Event) {
         match o {
             Outgoing::Send(to, f) => {
                 let j = index(nodes, &to);
+                if let Frame::Sync { doc, .. } = &f {
+                    wire.synced.push((i, j, *doc));
+                }
                 if wire.up.contains(&(i, j)) {
                     wire.queues.entry((i, j)).or_default().push_back(f.encode());
                 }
@@ -84,6 +90,13 @@ fn disconnect(nodes: &mut [Node], wire: &mut Wire, i: usize, j: usize) {
     let (di, dj) = (nodes[i].device(), nodes[j].device());
     event(nodes, wire, i, Event::Disconnected(dj));
     event(nodes, wire, j, Event::Disconnected(di));
+}
+
+/// Whether node `i` closed a connection because the peer may not connect.
+fn closed_by(wire: &Wire, i: usize) -> bool {
+    wire.closed
+        .iter()
+        .any(|(by, r)| *by == i && *r == CloseReason::NotAllowed)
 }
 
 /// Pushes a node's local writes to its peers.
@@ -261,6 +274,109 @@ fn a_removed_member_gets_nothing_new() {
         .map(|m| m.name)
         .collect();
     assert_eq!(members, vec!["alice".to_string()]);
+}
+
+#[test]
+fn a_removal_does_not_reach_the_removed_member_through_another() {
+    let (mut nodes, mut wire, ws, _) = alice_and_bob();
+    let carol = Node::new("carol");
+    let cert = carol.store.identity().unwrap().device_cert("laptop", 1);
+    nodes[0].store.admit(&cert, Role::Member).unwrap();
+    nodes[0].store.take_local_changes();
+    let mut carol = carol;
+    carol.store.expect_join(ws, nodes[0].device()).unwrap();
+    nodes.push(carol);
+    connect(&mut nodes, &mut wire, 0, 1);
+    connect(&mut nodes, &mut wire, 0, 2);
+    settle(&mut nodes, &mut wire);
+    connect(&mut nodes, &mut wire, 1, 2);
+    settle(&mut nodes, &mut wire);
+    for (i, n) in nodes.iter_mut().enumerate().skip(1) {
+        n.store.use_workspace(ws).unwrap();
+        assert_eq!(n.store.members().unwrap().len(), 3, "node {i}");
+    }
+    // Carol hears of Bob's removal from Alice while connected to Bob: she closes his
+    // connection and passes nothing of it on.
+    let bob = nodes[1].store.identity().unwrap().person_id().to_string();
+    let before = wire.synced.len();
+    nodes[0].store.set_role(&bob, Role::Removed).unwrap();
+    local(&mut nodes, &mut wire, 0);
+    settle(&mut nodes, &mut wire);
+    assert_eq!(nodes[2].store.members().unwrap().len(), 2);
+    let to_bob: Vec<_> = wire.synced[before..]
+        .iter()
+        .filter(|(_, to, _)| *to == 1)
+        .collect();
+    assert!(to_bob.is_empty(), "sent to bob: {to_bob:?}");
+    assert!(closed_by(&wire, 2), "{:?}", wire.closed);
+    assert_eq!(
+        nodes[1].store.members().unwrap().len(),
+        3,
+        "bob got nothing"
+    );
+}
+
+#[test]
+fn an_inviter_removed_after_the_join_gets_nothing_from_the_joiner() {
+    // Alice owns acme and makes Carol an admin; Carol admits Dave, who joins through her.
+    let mut alice = Node::new("alice");
+    let ws = alice.store.create_workspace("acme").unwrap();
+    let ch = alice.store.create_channel("general", "", false).unwrap();
+    let mut carol = Node::new("carol");
+    let carol_key = carol.store.identity().unwrap().person_id().to_string();
+    let cert = carol.store.identity().unwrap().device_cert("laptop", 1);
+    alice.store.admit(&cert, Role::Admin).unwrap();
+    alice.store.take_local_changes();
+    carol.store.expect_join(ws, alice.device()).unwrap();
+    let mut dave = Node::new("dave");
+    dave.store.expect_join(ws, carol.device()).unwrap();
+    let dave_cert = dave.store.identity().unwrap().device_cert("laptop", 1);
+    let mut nodes = vec![alice, carol, dave];
+    let mut wire = Wire::default();
+    connect(&mut nodes, &mut wire, 0, 1);
+    settle(&mut nodes, &mut wire);
+    nodes[1].store.use_workspace(ws).unwrap();
+    nodes[1].store.admit(&dave_cert, Role::Member).unwrap();
+    local(&mut nodes, &mut wire, 1);
+    settle(&mut nodes, &mut wire);
+    connect(&mut nodes, &mut wire, 1, 2);
+    settle(&mut nodes, &mut wire);
+    connect(&mut nodes, &mut wire, 0, 2);
+    settle(&mut nodes, &mut wire);
+    nodes[2].store.use_workspace(ws).unwrap();
+    assert_eq!(nodes[2].store.members().unwrap().len(), 3);
+
+    // Carol is offline when Alice removes her; Dave hears of it from Alice.
+    disconnect(&mut nodes, &mut wire, 1, 2);
+    disconnect(&mut nodes, &mut wire, 0, 1);
+    nodes[0].store.set_role(&carol_key, Role::Removed).unwrap();
+    local(&mut nodes, &mut wire, 0);
+    settle(&mut nodes, &mut wire);
+    assert_eq!(nodes[2].store.members().unwrap().len(), 2);
+
+    // Carol, unaware, posts and reaches Dave again: having invited him gives her nothing now.
+    nodes[1]
+        .store
+        .post(ch, "after carol left", None, None)
+        .unwrap();
+    connect(&mut nodes, &mut wire, 1, 2);
+    settle(&mut nodes, &mut wire);
+    assert!(closed_by(&wire, 2), "{:?}", wire.closed);
+    nodes[0].store.post(ch, "alice after", None, None).unwrap();
+    local(&mut nodes, &mut wire, 0);
+    settle(&mut nodes, &mut wire);
+    for i in [0, 2] {
+        let texts: Vec<String> = timeline(&nodes[i].store, ch)
+            .into_iter()
+            .map(|m| m.text)
+            .collect();
+        assert_eq!(texts, ["alice after"], "node {i}");
+    }
+    assert!(
+        !timeline(&nodes[1].store, ch)
+            .iter()
+            .any(|m| m.text == "alice after")
+    );
 }
 
 #[test]
