@@ -6,6 +6,9 @@
 //! The seed decides every step's choices; replay a failure with
 //! `FLYT_SEED=<seed> cargo test -p peer --test it converge`. Network timing still varies, and
 //! with it what can succeed (a reply to a message that has not reached the replier yet fails).
+//!
+//! `members` runs the same actions with membership changing underneath: a fourth person joins,
+//! members are removed and demoted concurrently while a node is stopped.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -13,6 +16,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crdt_model::{DocId, ModelError, Role};
+use peer::net::PeerAddr;
 use peer::node::{Node, NodeConfig, NodeEvent};
 use peer::{MemberRow, MessageRow, Store, StoreError};
 use tokio::sync::broadcast;
@@ -68,10 +72,103 @@ impl Peer {
         self.node.as_ref().expect("the node is running")
     }
 
-    /// Runs `f` on this peer's store thread.
+    /// Runs `f` on this peer's store thread, or, while its node is stopped, on its home
+    /// directly (offline, as `flyt` commands do without a running node).
     async fn call<R: Send + 'static>(&self, f: impl FnOnce(&mut Store) -> R + Send + 'static) -> R {
-        self.node().call(f).await.expect("the node runs")
+        match &self.node {
+            Some(node) => node.call(f).await.expect("the node runs"),
+            None => f(&mut self.home.open()),
+        }
     }
+
+    /// Stops the node (a partition: peers cannot reach it, it keeps its home).
+    async fn stop(&mut self) {
+        self.node.take().expect("running").shutdown().await;
+    }
+
+    /// Starts the node again on the same address.
+    async fn restart(&mut self, seed: u64) {
+        let node = start(seed, &self.home, self.bind).await;
+        assert_eq!(
+            node.addr().addrs[0],
+            self.bind,
+            "{} keeps its address",
+            self.name
+        );
+        self.events = node.subscribe();
+        self.node = Some(node);
+    }
+}
+
+/// The seed: `FLYT_SEED`, or the default.
+fn seed(test: &str) -> u64 {
+    let seed = std::env::var("FLYT_SEED")
+        .ok()
+        .map(|s| {
+            s.trim()
+                .parse::<u64>()
+                .unwrap_or_else(|_| panic!("FLYT_SEED={s:?} is not a u64"))
+        })
+        .unwrap_or(DEFAULT_SEED);
+    eprintln!("{test}: FLYT_SEED={seed}");
+    seed
+}
+
+/// Makes `from` keep a connection to `to`, across restarts too (one side dials: two nodes
+/// dialling each other would keep replacing each other's connection).
+async fn link(from: &Peer, to: &Peer) {
+    let to: PeerAddr = to.node().addr();
+    let addrs: Vec<String> = to.addrs.iter().map(|a| a.to_string()).collect();
+    let id = to.id;
+    from.call(move |s| s.remember_peer(id, &addrs))
+        .await
+        .unwrap();
+    from.node().connect(to);
+}
+
+/// Alice's workspace `acme` with its channel `general`, and her running node.
+async fn founded(seed: u64) -> (DocId, DocId, Vec<Peer>) {
+    let alice_home = home_with("alice");
+    let (ws, ch) = {
+        let mut s = alice_home.open();
+        let ws = s.create_workspace("acme").unwrap();
+        (ws, s.create_channel("general", "", false).unwrap())
+    };
+    let alice = start_peer(seed, "alice", alice_home).await;
+    (ws, ch, vec![alice])
+}
+
+/// A new person `name` who joins with a member ticket from `inviter`, has the workspace and
+/// its channel, and has set their name in it.
+async fn joined(seed: u64, inviter: &Peer, name: &'static str, ws: DocId, ch: DocId) -> Peer {
+    let addrs = vec![inviter.bind.to_string()];
+    let ticket = inviter
+        .call(move |s| s.invite(Role::Member, 600_000, addrs))
+        .await
+        .unwrap_or_else(|e| panic!("seed {seed}: {} invites {name}: {e}", inviter.name));
+    let mut p = start_peer(seed, name, home_with(name)).await;
+    let joined = p.node().join(&ticket).await;
+    assert_eq!(
+        joined.unwrap_or_else(|e| panic!("seed {seed}: {name} joins: {e}")),
+        ws
+    );
+    until(seed, &mut p, "the workspace and its channel", move |s| {
+        s.use_workspace(ws).ok()?;
+        (s.find_channel("general").ok()? == ch).then_some(())
+    })
+    .await;
+    // Like `flyt join`: the others see my name.
+    p.call(move |s| s.set_profile(ws, name))
+        .await
+        .unwrap_or_else(|e| panic!("seed {seed}: {name} sets a name: {e}"));
+    p
+}
+
+/// A peer's person key.
+async fn key_of(p: &Peer) -> String {
+    p.call(|s| s.identity().map(|me| me.person_id().to_string()))
+        .await
+        .unwrap()
 }
 
 fn home_with(name: &str) -> Home {
@@ -200,10 +297,10 @@ fn diff_rows(what: &str, a: &[MessageRow], b: &[MessageRow], out: &mut String) {
     }
 }
 
-/// What differs between the peers' snapshots, empty if nothing does.
-fn diff(names: &[&str; 3], snaps: &[Snapshot; 3]) -> String {
+/// What differs between the peers' snapshots (each against the first), empty if nothing does.
+fn diff(names: &[&str], snaps: &[Snapshot]) -> String {
     let mut out = String::new();
-    for j in 1..3 {
+    for j in 1..snaps.len() {
         if snaps[0] == snaps[j] {
             continue;
         }
@@ -230,8 +327,75 @@ fn diff(names: &[&str; 3], snaps: &[Snapshot; 3]) -> String {
     out
 }
 
+/// Waits until the peers `who` (running) show the same snapshot, holding every message in
+/// `must`, re-reading after every event of their nodes; returns it.
+async fn converged(
+    seed: u64,
+    peers: &mut [Peer],
+    who: &[usize],
+    ch: DocId,
+    must: &[String],
+) -> Snapshot {
+    let deadline = tokio::time::Instant::now() + CONVERGE_WAIT;
+    loop {
+        for &i in who {
+            while !matches!(peers[i].events.try_recv(), Err(TryRecvError::Empty)) {}
+        }
+        let mut snaps = Vec::with_capacity(who.len());
+        for &i in who {
+            let p = &peers[i];
+            let snap = p
+                .call(move |s| snapshot(s, ch))
+                .await
+                .unwrap_or_else(|e| panic!("seed {seed}: reading at {}: {e}", p.name));
+            snaps.push(snap);
+        }
+        let missing: Vec<String> = {
+            let all = snaps[0].all();
+            must.iter()
+                .filter(|id| !all.contains_key(id.as_str()))
+                .cloned()
+                .collect()
+        };
+        if missing.is_empty() && snaps.iter().all(|s| *s == snaps[0]) {
+            return snaps.swap_remove(0);
+        }
+        let waits = peers
+            .iter_mut()
+            .enumerate()
+            .filter(|(i, _)| who.contains(i))
+            .map(|(_, p)| Box::pin(p.events.recv()));
+        let timed_out = tokio::select! {
+            _ = futures_util::future::select_all(waits) => false,
+            _ = tokio::time::sleep_until(deadline) => true,
+        };
+        if timed_out {
+            let names: Vec<&str> = who.iter().map(|&i| peers[i].name).collect();
+            let seen: Vec<usize> = snaps.iter().map(|s| s.all().len()).collect();
+            panic!(
+                "seed {seed}: {names:?} did not converge within {CONVERGE_WAIT:?} \
+                 (messages seen {seen:?}, {} required, missing at {}: {missing:?}):\n{}",
+                must.len(),
+                names[0],
+                diff(&names, &snaps),
+            );
+        }
+    }
+}
+
 fn deleted(e: &StoreError) -> bool {
     matches!(e, StoreError::Model(ModelError::Deleted(_)))
+}
+
+/// Whether a message the test posted must reach the others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    /// It must be shown everywhere.
+    Shown,
+    /// Its author's removal was under way: it may be shown (everywhere) or not (anywhere).
+    Maybe,
+    /// Its author's removal had converged: it must never be shown to the remaining members.
+    Never,
 }
 
 /// A message the test posted, and what must become of it.
@@ -239,10 +403,19 @@ fn deleted(e: &StoreError) -> bool {
 struct Posted {
     id: String,
     by: usize,
+    /// The step it was posted at.
+    step: usize,
     /// The text it must show unless deleted: the last successful edit's, or the original.
     text: String,
     deleted: bool,
+    fate: Fate,
+    /// A member's reply or reaction to it succeeded: it reached that member, so it must reach
+    /// everyone, whatever its fate.
+    used: bool,
 }
+
+/// (message, person, emoji) -> whether the last reaction that succeeded put it on.
+type Reacted = BTreeMap<(usize, usize, &'static str), bool>;
 
 #[derive(Debug, Default)]
 struct Tally {
@@ -259,46 +432,142 @@ struct Tally {
     restarts: usize,
 }
 
+/// Who acts at a step, where.
+#[derive(Clone, Copy)]
+struct Actor {
+    seed: u64,
+    step: usize,
+    who: usize,
+    ch: DocId,
+}
+
+/// One chat action by `p` (person `a.who`), chosen by `roll` (0..=81) and `draws`: post (maybe
+/// in a thread), edit or delete one of mine, react or take a reaction back. What succeeded is
+/// recorded in `posted` and `reacted`; only what timing explains may fail.
+async fn act(
+    a: Actor,
+    p: &Peer,
+    roll: usize,
+    [d1, d2, d3]: [u64; 3],
+    posted: &mut Vec<Posted>,
+    reacted: &mut Reacted,
+    tally: &mut Tally,
+) {
+    let Actor {
+        seed,
+        step,
+        who,
+        ch,
+    } = a;
+    match roll {
+        // Post, sometimes in a thread (of a message that may not have reached `who` yet).
+        0..=34 => {
+            let to = (pick(d1, 100) < 30 && !posted.is_empty()).then(|| pick(d2, posted.len()));
+            let thread = to.map(|j| posted[j].id.clone());
+            let mention = if pick(d3, 100) < 20 { " @alice" } else { "" };
+            let text = format!("{} says {step}{mention}", p.name);
+            let t = text.clone();
+            let th = thread.clone();
+            let r = p
+                .call(move |s| {
+                    let th = th.map(|id| s.resolve_message(&id)).transpose()?;
+                    s.post(ch, &t, None, th)
+                })
+                .await;
+            match r {
+                Ok(m) => {
+                    tally.posts += 1;
+                    tally.replies += usize::from(thread.is_some());
+                    if let Some(j) = to {
+                        posted[j].used = true;
+                    }
+                    posted.push(Posted {
+                        id: m.id,
+                        by: who,
+                        step,
+                        text,
+                        deleted: false,
+                        fate: Fate::Shown,
+                        used: false,
+                    });
+                }
+                // Only a reply to a message that has not reached me yet.
+                Err(StoreError::UnknownMessage(_)) if thread.is_some() => tally.posts_failed += 1,
+                Err(e) => panic!("seed {seed}: step {step}: {} posts: {e}", p.name),
+            }
+        }
+        // Edit one of my messages: it is on my node, so only a deleted one may refuse.
+        35..=49 => {
+            let mine: Vec<usize> = (0..posted.len()).filter(|&i| posted[i].by == who).collect();
+            if mine.is_empty() {
+                return;
+            }
+            let i = mine[pick(d1, mine.len())];
+            let (id, text) = (posted[i].id.clone(), format!("edited at {step}"));
+            let (m, t) = (id.clone(), text.clone());
+            match p.call(move |s| s.edit(&m, &t)).await {
+                Ok(_) => {
+                    tally.edits += 1;
+                    posted[i].text = text;
+                }
+                Err(e) if posted[i].deleted && deleted(&e) => tally.edits_failed += 1,
+                Err(e) => panic!("seed {seed}: step {step}: {} edits {id}: {e}", p.name),
+            }
+        }
+        // Delete one of my messages (again, perhaps: that one refuses).
+        50..=59 => {
+            let mine: Vec<usize> = (0..posted.len()).filter(|&i| posted[i].by == who).collect();
+            if mine.is_empty() {
+                return;
+            }
+            let i = mine[pick(d1, mine.len())];
+            let id = posted[i].id.clone();
+            let m = id.clone();
+            match p.call(move |s| s.delete(&m)).await {
+                Ok(_) => {
+                    tally.deletes += 1;
+                    posted[i].deleted = true;
+                }
+                Err(e) if posted[i].deleted && deleted(&e) => tally.deletes_failed += 1,
+                Err(e) => panic!("seed {seed}: step {step}: {} deletes {id}: {e}", p.name),
+            }
+        }
+        // React or take a reaction back, on anyone's message.
+        60..=81 => {
+            if posted.is_empty() {
+                return;
+            }
+            let i = pick(d1, posted.len());
+            let id = posted[i].id.clone();
+            let emoji = EMOJI[pick(d2, EMOJI.len())];
+            let on = pick(d3, 100) < 65;
+            let m = id.clone();
+            match p.call(move |s| s.react(&m, emoji, on)).await {
+                Ok(_) => {
+                    tally.reacts += 1;
+                    posted[i].used = true;
+                    reacted.insert((i, who, emoji), on);
+                }
+                // Only on a message that has not reached me yet, or is deleted.
+                Err(StoreError::UnknownMessage(_)) => tally.reacts_failed += 1,
+                Err(e) if deleted(&e) => tally.reacts_failed += 1,
+                Err(e) => panic!("seed {seed}: step {step}: {} reacts to {id}: {e}", p.name),
+            }
+        }
+        _ => unreachable!("chat actions are 0..=81"),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_converge_after_random_actions_and_restarts() {
-    let seed = std::env::var("FLYT_SEED")
-        .ok()
-        .map(|s| {
-            s.trim()
-                .parse::<u64>()
-                .unwrap_or_else(|_| panic!("FLYT_SEED={s:?} is not a u64"))
-        })
-        .unwrap_or(DEFAULT_SEED);
-    eprintln!("converge: FLYT_SEED={seed}");
+    let seed = seed("converge");
     let began = Instant::now();
     let mut rng = Rng::new(seed);
 
     // Alice owns the workspace and invites Bob and Carol, each with their own ticket.
-    let alice_home = home_with("alice");
-    let (ws, ch) = {
-        let mut s = alice_home.open();
-        let ws = s.create_workspace("acme").unwrap();
-        (ws, s.create_channel("general", "", false).unwrap())
-    };
-    let alice = start_peer(seed, "alice", alice_home).await;
-    let mut peers = vec![alice];
+    let (ws, ch, mut peers) = founded(seed).await;
     for name in ["bob", "carol"] {
-        let addrs = vec![peers[0].bind.to_string()];
-        let ticket = peers[0]
-            .call(move |s| s.invite(Role::Member, 600_000, addrs))
-            .await
-            .unwrap();
-        let mut p = start_peer(seed, name, home_with(name)).await;
-        let joined = p.node().join(&ticket).await;
-        assert_eq!(
-            joined.unwrap_or_else(|e| panic!("seed {seed}: {name} joins: {e}")),
-            ws
-        );
-        until(seed, &mut p, "the workspace and its channel", move |s| {
-            s.use_workspace(ws).ok()?;
-            (s.find_channel("general").ok()? == ch).then_some(())
-        })
-        .await;
+        let p = joined(seed, &peers[0], name, ws, ch).await;
         peers.push(p);
     }
     // Everyone knows everyone (Carol's admission reaches Bob through Alice).
@@ -308,14 +577,9 @@ async fn three_nodes_converge_after_random_actions_and_restarts() {
         })
         .await;
     }
-    let names = [peers[0].name, peers[1].name, peers[2].name];
     let mut keys = Vec::new();
     for p in &peers {
-        let key = p
-            .call(|s| s.identity().map(|me| me.person_id().to_string()))
-            .await
-            .unwrap();
-        keys.push(key);
+        keys.push(key_of(p).await);
     }
     let carol_key = keys[2].clone();
     eprintln!("converge: set up in {:?}", began.elapsed());
@@ -323,8 +587,7 @@ async fn three_nodes_converge_after_random_actions_and_restarts() {
     let mut posted: Vec<Posted> = Vec::new();
     let mut tally = Tally::default();
     let mut carol_admin = false;
-    // (message, person, emoji) -> whether the last reaction that succeeded put it on.
-    let mut reacted: BTreeMap<(usize, usize, &str), bool> = BTreeMap::new();
+    let mut reacted = Reacted::new();
     for step in 0..STEPS {
         // The same number of draws every step, whatever happens, so that a seed always makes
         // the same choices.
@@ -332,94 +595,15 @@ async fn three_nodes_converge_after_random_actions_and_restarts() {
         let who = pick(who, 3);
         let p = &peers[who];
         match pick(roll, 100) {
-            // Post, sometimes in a thread (of a message that may not have reached `who` yet).
-            0..=34 => {
-                let thread = (pick(d1, 100) < 30 && !posted.is_empty())
-                    .then(|| posted[pick(d2, posted.len())].id.clone());
-                let mention = if pick(d3, 100) < 20 { " @alice" } else { "" };
-                let text = format!("{} says {step}{mention}", p.name);
-                let t = text.clone();
-                let th = thread.clone();
-                let r = p
-                    .call(move |s| {
-                        let th = th.map(|id| s.resolve_message(&id)).transpose()?;
-                        s.post(ch, &t, None, th)
-                    })
-                    .await;
-                match r {
-                    Ok(m) => {
-                        tally.posts += 1;
-                        tally.replies += usize::from(thread.is_some());
-                        posted.push(Posted {
-                            id: m.id,
-                            by: who,
-                            text,
-                            deleted: false,
-                        });
-                    }
-                    // Only a reply to a message that has not reached me yet.
-                    Err(StoreError::UnknownMessage(_)) if thread.is_some() => {
-                        tally.posts_failed += 1
-                    }
-                    Err(e) => panic!("seed {seed}: step {step}: {} posts: {e}", p.name),
-                }
-            }
-            // Edit one of my messages: it is on my node, so only a deleted one may refuse.
-            35..=49 => {
-                let mine: Vec<usize> = (0..posted.len()).filter(|&i| posted[i].by == who).collect();
-                if mine.is_empty() {
-                    continue;
-                }
-                let i = mine[pick(d1, mine.len())];
-                let (id, text) = (posted[i].id.clone(), format!("edited at {step}"));
-                let (m, t) = (id.clone(), text.clone());
-                match p.call(move |s| s.edit(&m, &t)).await {
-                    Ok(_) => {
-                        tally.edits += 1;
-                        posted[i].text = text;
-                    }
-                    Err(e) if posted[i].deleted && deleted(&e) => tally.edits_failed += 1,
-                    Err(e) => panic!("seed {seed}: step {step}: {} edits {id}: {e}", p.name),
-                }
-            }
-            // Delete one of my messages (again, perhaps: that one refuses).
-            50..=59 => {
-                let mine: Vec<usize> = (0..posted.len()).filter(|&i| posted[i].by == who).collect();
-                if mine.is_empty() {
-                    continue;
-                }
-                let i = mine[pick(d1, mine.len())];
-                let id = posted[i].id.clone();
-                let m = id.clone();
-                match p.call(move |s| s.delete(&m)).await {
-                    Ok(_) => {
-                        tally.deletes += 1;
-                        posted[i].deleted = true;
-                    }
-                    Err(e) if posted[i].deleted && deleted(&e) => tally.deletes_failed += 1,
-                    Err(e) => panic!("seed {seed}: step {step}: {} deletes {id}: {e}", p.name),
-                }
-            }
-            // React or take a reaction back, on anyone's message.
-            60..=81 => {
-                if posted.is_empty() {
-                    continue;
-                }
-                let i = pick(d1, posted.len());
-                let id = posted[i].id.clone();
-                let emoji = EMOJI[pick(d2, EMOJI.len())];
-                let on = pick(d3, 100) < 65;
-                let m = id.clone();
-                match p.call(move |s| s.react(&m, emoji, on)).await {
-                    Ok(_) => {
-                        tally.reacts += 1;
-                        reacted.insert((i, who, emoji), on);
-                    }
-                    // Only on a message that has not reached me yet, or is deleted.
-                    Err(StoreError::UnknownMessage(_)) => tally.reacts_failed += 1,
-                    Err(e) if deleted(&e) => tally.reacts_failed += 1,
-                    Err(e) => panic!("seed {seed}: step {step}: {} reacts to {id}: {e}", p.name),
-                }
+            chat @ 0..=81 => {
+                let draws = [d1, d2, d3];
+                let a = Actor {
+                    seed,
+                    step,
+                    who,
+                    ch,
+                };
+                act(a, p, chat, draws, &mut posted, &mut reacted, &mut tally).await
             }
             // Alice makes Carol an admin, or a member again.
             82..=89 => {
@@ -444,11 +628,8 @@ async fn three_nodes_converge_after_random_actions_and_restarts() {
                 tally.restarts += 1;
                 let p = &mut peers[who];
                 let t = Instant::now();
-                p.node.take().expect("running").shutdown().await;
-                let node = start(seed, &p.home, p.bind).await;
-                assert_eq!(node.addr().addrs[0], p.bind, "{} keeps its address", p.name);
-                p.events = node.subscribe();
-                p.node = Some(node);
+                p.stop().await;
+                p.restart(seed).await;
                 eprintln!(
                     "converge: step {step}: restarted {} in {:?}",
                     p.name,
@@ -464,59 +645,17 @@ async fn three_nodes_converge_after_random_actions_and_restarts() {
     assert!(tally.posts > 0, "seed {seed}: nothing was posted");
 
     // Every node is running; wait until all three show the same thing.
-    let deadline = tokio::time::Instant::now() + CONVERGE_WAIT;
-    let snaps = loop {
-        for p in &mut peers {
-            while !matches!(p.events.try_recv(), Err(TryRecvError::Empty)) {}
-        }
-        let mut snaps = Vec::with_capacity(3);
-        for p in &peers {
-            let snap = p
-                .call(move |s| snapshot(s, ch))
-                .await
-                .unwrap_or_else(|e| panic!("seed {seed}: reading at {}: {e}", p.name));
-            snaps.push(snap);
-        }
-        let snaps: [Snapshot; 3] = snaps.try_into().expect("three");
-        let complete = posted
-            .iter()
-            .all(|m| snaps[0].all().contains_key(m.id.as_str()));
-        if complete && snaps[0] == snaps[1] && snaps[0] == snaps[2] {
-            break snaps;
-        }
-        let [a, b, c] = &mut peers[..] else {
-            unreachable!("three peers")
-        };
-        tokio::select! {
-            _ = a.events.recv() => {}
-            _ = b.events.recv() => {}
-            _ = c.events.recv() => {}
-            _ = tokio::time::sleep_until(deadline) => {
-                let seen = snaps.each_ref().map(|s| s.all().len());
-                let missing: Vec<&str> = posted
-                    .iter()
-                    .filter(|m| !snaps[0].all().contains_key(m.id.as_str()))
-                    .map(|m| m.id.as_str())
-                    .collect();
-                panic!(
-                    "seed {seed}: the nodes did not converge within {CONVERGE_WAIT:?} \
-                     (messages seen {seen:?}, {} posted, missing at {}: {missing:?}):\n{}",
-                    posted.len(),
-                    names[0],
-                    diff(&names, &snaps),
-                );
-            }
-        }
-    };
+    let must: Vec<String> = posted.iter().map(|m| m.id.clone()).collect();
+    let snap = converged(seed, &mut peers, &[0, 1, 2], ch, &must).await;
     eprintln!(
         "converge: converged at {:?}: {} messages, {} threads",
         began.elapsed(),
-        snaps[0].all().len(),
-        snaps[0].threads.len()
+        snap.all().len(),
+        snap.threads.len()
     );
 
     // And what they agree on is right.
-    let roles: Vec<(&str, &str)> = snaps[0]
+    let roles: Vec<(&str, &str)> = snap
         .members
         .iter()
         .map(|m| (m.key.as_str(), m.role.as_str()))
@@ -537,7 +676,7 @@ async fn three_nodes_converge_after_random_actions_and_restarts() {
             role.as_str()
         );
     }
-    let all = snaps[0].all();
+    let all = snap.all();
     for m in all.values() {
         assert!(m.verified, "seed {seed}: unverified: {}", short(m));
         if m.deleted {
@@ -549,8 +688,8 @@ async fn three_nodes_converge_after_random_actions_and_restarts() {
             assert!(m.reactions.is_empty(), "seed {seed}: deleted: {}", short(m));
         }
     }
-    for root in snaps[0].timeline.iter().filter(|m| m.reply_count > 0) {
-        let thread = &snaps[0].threads[&root.id];
+    for root in snap.timeline.iter().filter(|m| m.reply_count > 0) {
+        let thread = &snap.threads[&root.id];
         assert_eq!(
             thread.len() as i64,
             root.reply_count + 1,
@@ -559,7 +698,7 @@ async fn three_nodes_converge_after_random_actions_and_restarts() {
         );
     }
     let name_of = |person: usize| {
-        let m = snaps[0].members.iter().find(|m| m.key == keys[person]);
+        let m = snap.members.iter().find(|m| m.key == keys[person]);
         m.expect("a member").name.clone()
     };
     for (i, p) in posted.iter().enumerate() {
@@ -598,3 +737,5 @@ async fn three_nodes_converge_after_random_actions_and_restarts() {
     }
     eprintln!("converge: done in {:?}", began.elapsed());
 }
+
+mod members;
