@@ -22,8 +22,11 @@
 //!   changed a document committed, with a [`DocChange`] holding exactly the bytes the document
 //!   gained; it must not block (queue the work). [`Archive::ready`] feeds `/readyz`,
 //!   [`Archive::metrics`] appends to `/metrics`, [`Archive::shutdown`] is awaited last when
-//!   the relay stops. To catch up on what it missed, an archive reads documents through
-//!   [`runtime::RelayHandle::call`] ([`store::RelayStore::list`], [`store::RelayStore::save`]).
+//!   the relay stops. [`Archive::started`] hands it the [`runtime::RelayHandle`] once the
+//!   store thread runs: to catch up on what it missed (a previous run that stopped before its
+//!   queue was written), it reads documents and sync states through
+//!   [`runtime::RelayHandle::call`] ([`store::RelayStore::list`],
+//!   [`store::RelayStore::document`], [`store::RelayStore::sync_states`]).
 //! - **More routes**: [`runtime::Extensions::routes`] builds a `Router` from the
 //!   [`http::AppState`] (`state.relay` is the [`runtime::RelayHandle`]); the relay merges it
 //!   into [`http::routes`] and wraps both in [`http::layered`] (request timeout, tracing).
@@ -82,6 +85,11 @@ pub trait Archive: Send + Sync + 'static {
     /// Appends Prometheus text-format lines (with `# HELP`/`# TYPE`) to `/metrics`.
     fn metrics(&self, out: &mut String) {
         let _ = out;
+    }
+    /// The relay is serving (its store thread runs): a chance to catch up on what an earlier
+    /// run did not deliver, through `relay`. Must not block: spawn the work.
+    fn started(&self, relay: &runtime::RelayHandle) {
+        let _ = relay;
     }
     /// Flushes what is queued; awaited last when the relay stops.
     fn shutdown(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {

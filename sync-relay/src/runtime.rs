@@ -299,6 +299,9 @@ impl Relay {
                 move || store_thread(store, rx, handle)
             })
             .map_err(|e| RelayError::Store(StoreError::Corrupt(format!("store thread: {e}"))))?;
+        if let Some(a) = &handle.archive {
+            a.started(&handle);
+        }
         let cancel = CancellationToken::new();
         let tasks = TaskTracker::new();
 

@@ -258,6 +258,37 @@ impl RelayStore {
         Ok(self.cache.get(&self.conn, id, &self.me)?.map(|d| d.save()))
     }
 
+    /// A document held, with what it is (for an archive catching up: its heads tell whether
+    /// the archive lacks anything, `save_after` gives what).
+    pub fn document(&mut self, id: DocId) -> Result<Option<(DocMeta, &Automerge)>, StoreError> {
+        let Some(meta) = self.metas.get(&id).cloned() else {
+            return Ok(None);
+        };
+        Ok(self
+            .cache
+            .get(&self.conn, id, &self.me)?
+            .map(|d| (meta, &*d)))
+    }
+
+    /// Every saved sync state: (peer, document, `automerge::sync::State::encode` bytes).
+    pub fn sync_states(&self) -> Result<Vec<(DeviceId, DocId, Vec<u8>)>, StoreError> {
+        let rows: Vec<(String, String, Vec<u8>)> = self
+            .conn
+            .prepare("SELECT peer, doc, state FROM sync_state")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<Result<_, _>>()?;
+        rows.into_iter()
+            .map(|(peer, doc, state)| {
+                let bad = || StoreError::Corrupt(format!("sync state row ({peer}, {doc})"));
+                Ok((
+                    peer.parse().map_err(|_| bad())?,
+                    doc.parse().map_err(|_| bad())?,
+                    state,
+                ))
+            })
+            .collect()
+    }
+
     /// Runs one sync event through `engine` in one transaction: received changes are persisted,
     /// sync states saved, and only after the commit are the frames returned (durable before
     /// acknowledged).

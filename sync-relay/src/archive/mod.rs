@@ -13,6 +13,12 @@
 //! committed. Every write is idempotent (rows are upserts, a document chunk written twice loads
 //! to the same document), so a batch retried after an ambiguous failure is harmless.
 //!
+//! What was queued when the relay stopped (Postgres still away at SIGTERM, a kill) is in the
+//! relay's own store, not lost: at every start, [`Archive::catch_up`] compares each document's
+//! heads in the relay with the heads of the archive's copy (the heads written are those of the
+//! copy the worker built, so a change waiting for a lost dependency does not count) and
+//! submits what differs, then the sync states the archive lacks.
+//!
 //! A message whose signatures do not check out is archived with `verified = false`, never as
 //! authentic. When a workspace's certified devices change, the messages of its buckets the
 //! worker holds in memory are verified again (a certificate may arrive after the messages it
@@ -73,6 +79,9 @@ pub enum ArchiveError {
     /// The archive worker has stopped.
     #[error("the archive has shut down")]
     Closed,
+    /// The relay could not be read while catching up (stopping, or its storage failed).
+    #[error("reading the relay: {0}")]
+    Relay(#[from] crate::runtime::RelayError),
 }
 
 /// Where the archive lives.
@@ -228,7 +237,8 @@ pub enum Record {
         meta: DocMeta,
         /// `Automerge::save_after` (or `save`) bytes.
         data: Vec<u8>,
-        /// The document's heads after this chunk.
+        /// The document's heads after this chunk. (The archive stores its own copy's heads,
+        /// which differ only if it lacks a change this chunk depends on.)
         heads: Vec<ChangeHash>,
     },
     /// The relay's sync state with a peer for a document.
@@ -421,6 +431,7 @@ impl Projector {
         // Workspaces first: buckets are verified against their views.
         per_doc.sort_by_key(|(m, _, _)| m.kind != DocKind::Workspace);
         let mut messages = Vec::new();
+        let mut heads = HashMap::new();
         for (meta, at, chunks) in per_doc {
             let doc = self.doc(backend, meta.id).await?;
             let before = doc.get_heads();
@@ -430,6 +441,7 @@ impl Projector {
                 }
             }
             let after = doc.get_heads();
+            heads.insert(meta.id, after.clone());
             match meta.kind {
                 DocKind::Workspace => {
                     let v = workspace::view(doc, meta.id);
@@ -473,6 +485,14 @@ impl Projector {
         }
         for (id, op, at) in messages {
             put(&mut batch.messages, id, op, at);
+        }
+        // The heads written are those of the archive's own copy, not the ones the chunk
+        // claims: a change waiting for a dependency the archive never got (a chunk lost with
+        // an earlier run's queue) is not counted, so catching up sees the gap.
+        for (c, _) in &mut batch.chunks {
+            if let Some(h) = heads.get(&c.meta.id) {
+                c.heads.clone_from(h);
+            }
         }
         Ok(())
     }
@@ -560,6 +580,14 @@ pub struct ArchiveStatus {
     pub last_error: Option<String>,
     /// Transactions committed.
     pub batches: u64,
+    /// Whether catching up on the relay's documents and sync states since this start is done
+    /// (see [`Archive::catch_up`]); what it found missing is then submitted, maybe not yet
+    /// written.
+    pub catch_up_done: bool,
+    /// Documents the archive lacked changes of at start, submitted again.
+    pub catch_up_documents: u64,
+    /// Sync states the archive lacked or held older at start, submitted again.
+    pub catch_up_states: u64,
 }
 
 impl ArchiveStatus {
@@ -577,11 +605,23 @@ impl ArchiveStatus {
              flyt_archive_lag_seconds{{backend=\"{b}\"}} {:.3}\n\
              # HELP flyt_archive_up Whether the last archive write succeeded.\n\
              # TYPE flyt_archive_up gauge\n\
-             flyt_archive_up{{backend=\"{b}\"}} {}\n",
+             flyt_archive_up{{backend=\"{b}\"}} {}\n\
+             # HELP flyt_archive_catch_up_done Whether the archive caught up with the relay's store since it started.\n\
+             # TYPE flyt_archive_catch_up_done gauge\n\
+             flyt_archive_catch_up_done{{backend=\"{b}\"}} {}\n\
+             # HELP flyt_archive_catch_up_documents_total Documents found behind in the archive at start and submitted again.\n\
+             # TYPE flyt_archive_catch_up_documents_total counter\n\
+             flyt_archive_catch_up_documents_total{{backend=\"{b}\"}} {}\n\
+             # HELP flyt_archive_catch_up_sync_states_total Sync states found missing or older in the archive at start and submitted again.\n\
+             # TYPE flyt_archive_catch_up_sync_states_total counter\n\
+             flyt_archive_catch_up_sync_states_total{{backend=\"{b}\"}} {}\n",
             self.messages_archived,
             self.queue_depth,
             self.lag_seconds,
             u8::from(self.up),
+            u8::from(self.catch_up_done),
+            self.catch_up_documents,
+            self.catch_up_states,
             b = self.backend,
         )
     }
@@ -670,6 +710,31 @@ impl Backend {
             Backend::Postgres(p) => p.sync_state(peer, doc).await,
             Backend::Sqlite(s) => s.sync_state(peer, doc).await,
         }
+    }
+
+    /// Every archived document's id and heads, parsed. A row that does not parse is left out
+    /// (its document counts as not archived: catching up sends it whole).
+    async fn heads(&self) -> Result<HashMap<DocId, Vec<ChangeHash>>, ArchiveError> {
+        let rows = match self {
+            Backend::Postgres(p) => p.heads().await?,
+            Backend::Sqlite(s) => s.heads().await?,
+        };
+        Ok(rows
+            .into_iter()
+            .filter_map(|(id, heads)| Some((id.parse().ok()?, postgres::parse_heads(&heads)?)))
+            .collect())
+    }
+
+    /// Every archived sync state, parsed (a row that does not parse is left out).
+    async fn sync_states(&self) -> Result<HashMap<(DeviceId, DocId), Vec<u8>>, ArchiveError> {
+        let rows = match self {
+            Backend::Postgres(p) => p.sync_states().await?,
+            Backend::Sqlite(s) => s.sync_states().await?,
+        };
+        Ok(rows
+            .into_iter()
+            .filter_map(|(peer, doc, state)| Some(((peer.parse().ok()?, doc.parse().ok()?), state)))
+            .collect())
     }
 
     async fn ping(&self) -> Result<(), ArchiveError> {
@@ -839,6 +904,106 @@ impl Archive {
         self.reader.sync_state(peer, doc).await
     }
 
+    /// Catches up with what `relay` holds: every document whose heads differ from the
+    /// archived ones is submitted again from the archived heads on (whole when the archive has
+    /// none, or heads the relay does not know), and every sync state the archive lacks or holds
+    /// differently is submitted. This is how changes queued by an earlier run that stopped
+    /// before writing them (Postgres away at shutdown, a kill) reach the archive. The work is
+    /// one store-thread job per document, so the relay keeps serving meanwhile; its cost is
+    /// reading the archived heads and states once, the relay's documents' heads, and writing
+    /// only what differs. Overlaps with live changes are harmless (writes are idempotent).
+    /// Returns (documents, sync states) submitted.
+    pub async fn catch_up(
+        &self,
+        relay: &crate::runtime::RelayHandle,
+    ) -> Result<(u64, u64), ArchiveError> {
+        let archived = self.reader.heads().await?;
+        let archived_states = self.reader.sync_states().await?;
+        let docs = relay.call(|s| s.list()).await?;
+        let mut documents = 0;
+        for (id, _) in docs {
+            let since = archived.get(&id).cloned();
+            let archive = self.clone();
+            if relay
+                .call(move |s| archive.catch_up_document(s, id, since))
+                .await?
+            {
+                documents += 1;
+            }
+        }
+        let held = relay
+            .call(|s| s.sync_states())
+            .await?
+            .map_err(crate::runtime::RelayError::from)?;
+        let behind: Vec<Record> = held
+            .into_iter()
+            .filter(|(peer, doc, state)| archived_states.get(&(*peer, *doc)) != Some(state))
+            .map(|(peer, doc, state)| Record::SyncState { peer, doc, state })
+            .collect();
+        let states = behind.len() as u64;
+        self.submit(behind);
+        self.shared.status.send_modify(|s| {
+            s.catch_up_done = true;
+            s.catch_up_documents += documents;
+            s.catch_up_states += states;
+        });
+        Ok((documents, states))
+    }
+
+    /// On the relay's store thread: submits what the relay holds of `id` beyond `archived`
+    /// (the archive's heads), unless those are its heads. Whether it submitted.
+    fn catch_up_document(
+        &self,
+        store: &mut crate::store::RelayStore,
+        id: DocId,
+        archived: Option<Vec<ChangeHash>>,
+    ) -> bool {
+        let (meta, doc) = match store.document(id) {
+            Ok(Some(d)) => d,
+            Ok(None) => return false,
+            Err(e) => {
+                tracing::warn!(doc = %id, "not catching up a document that does not load: {e}");
+                return false;
+            }
+        };
+        let mut heads = doc.get_heads();
+        heads.sort();
+        if let Some(mut a) = archived.clone() {
+            a.sort();
+            if a == heads {
+                return false;
+            }
+        }
+        let Some(meta) = archive_meta(id, &meta) else {
+            return false;
+        };
+        self.submit([Record::chunk(meta, doc, archived.as_deref().unwrap_or(&[]))]);
+        true
+    }
+
+    /// [`Archive::catch_up`] until it succeeds (the database may be away), or the relay stops.
+    async fn keep_catching_up(self, relay: crate::runtime::RelayHandle) {
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            match self.catch_up(&relay).await {
+                Ok((documents, states)) => {
+                    tracing::info!(
+                        documents,
+                        states,
+                        "archive caught up with the relay's store"
+                    );
+                    return;
+                }
+                Err(ArchiveError::Relay(crate::runtime::RelayError::Stopped)) => return,
+                Err(e) => {
+                    tracing::warn!("archive catch-up failed, will retry: {e}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+
     /// Stops accepting records and gives the worker up to `timeout` to write what is waiting.
     /// Returns whether everything was written.
     pub async fn close(&self, timeout: Duration) -> bool {
@@ -862,26 +1027,18 @@ impl Archive {
 /// shutdown waits (bounded) for the queue to drain.
 impl crate::Archive for Archive {
     fn changed(&self, change: crate::DocChange) {
-        let kind = match change.meta.kind {
-            "workspace" => DocKind::Workspace,
-            "channel" => DocKind::Channel,
-            "bucket" => DocKind::Bucket,
-            other => {
-                tracing::warn!(doc = %change.doc, "not archiving a document of kind {other:?}");
-                return;
-            }
+        let Some(meta) = archive_meta(change.doc, &change.meta) else {
+            return;
         };
         self.submit([Record::Chunk {
-            meta: DocMeta {
-                id: change.doc,
-                kind,
-                workspace: change.meta.workspace,
-                channel: change.meta.channel,
-                bucket_key: change.meta.bucket_key,
-            },
+            meta,
             data: change.chunk,
             heads: change.heads,
         }]);
+    }
+
+    fn started(&self, relay: &crate::runtime::RelayHandle) {
+        tokio::spawn(self.clone().keep_catching_up(relay.clone()));
     }
 
     fn ready(&self) -> Result<(), String> {
@@ -905,6 +1062,27 @@ impl crate::Archive for Archive {
             self.close(SHUTDOWN_FLUSH).await;
         })
     }
+}
+
+/// The archive's description of a document the relay holds (`None`, logged, for a kind it
+/// does not know).
+fn archive_meta(id: DocId, meta: &peer::docs::DocMeta) -> Option<DocMeta> {
+    let kind = match meta.kind {
+        "workspace" => DocKind::Workspace,
+        "channel" => DocKind::Channel,
+        "bucket" => DocKind::Bucket,
+        other => {
+            tracing::warn!(doc = %id, "not archiving a document of kind {other:?}");
+            return None;
+        }
+    };
+    Some(DocMeta {
+        id,
+        kind,
+        workspace: meta.workspace,
+        channel: meta.channel,
+        bucket_key: meta.bucket_key.clone(),
+    })
 }
 
 /// What `flyt-relay` adds to the relay's runtime: the archive its configuration names (Postgres

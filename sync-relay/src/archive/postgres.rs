@@ -317,6 +317,31 @@ impl PgArchive {
         .await
     }
 
+    /// Every archived document's id and heads (as stored: [`heads_text`]).
+    pub(crate) async fn heads(&self) -> Result<Vec<(String, String)>, ArchiveError> {
+        self.with(async |c| {
+            let rows = c
+                .query("SELECT id, heads FROM archive_documents", &[])
+                .await?;
+            Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        })
+        .await
+    }
+
+    /// Every archived sync state: (peer, document, state).
+    pub(crate) async fn sync_states(&self) -> Result<Vec<(String, String, Vec<u8>)>, ArchiveError> {
+        self.with(async |c| {
+            let rows = c
+                .query("SELECT peer, doc, state FROM archive_sync_states", &[])
+                .await?;
+            Ok(rows
+                .iter()
+                .map(|r| (r.get(0), r.get(1), r.get(2)))
+                .collect())
+        })
+        .await
+    }
+
     pub(crate) async fn sync_state(
         &self,
         peer: DeviceId,
@@ -334,6 +359,14 @@ impl PgArchive {
         })
         .await
     }
+}
+
+/// Heads as stored ([`heads_text`]) read back; `None` if they do not parse.
+pub(crate) fn parse_heads(text: &str) -> Option<Vec<automerge::ChangeHash>> {
+    text.split(',')
+        .filter(|h| !h.is_empty())
+        .map(|h| h.parse().ok())
+        .collect()
 }
 
 /// Heads as stored: hex hashes joined by commas.

@@ -277,6 +277,28 @@ impl SqliteArchive {
         .await
     }
 
+    /// Every archived document's id and heads (as stored: `postgres::heads_text`).
+    pub(crate) async fn heads(&self) -> Result<Vec<(String, String)>, ArchiveError> {
+        self.call(|c| {
+            Ok(c.prepare_cached("SELECT id, heads FROM archive_documents")?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    /// Every archived sync state: (peer, document, state).
+    pub(crate) async fn sync_states(&self) -> Result<Vec<(String, String, Vec<u8>)>, ArchiveError> {
+        self.call(|c| {
+            Ok(
+                c.prepare_cached("SELECT peer, doc, state FROM archive_sync_states")?
+                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                    .collect::<Result<_, _>>()?,
+            )
+        })
+        .await
+    }
+
     pub(crate) async fn sync_state(
         &self,
         peer: DeviceId,

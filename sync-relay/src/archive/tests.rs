@@ -572,3 +572,217 @@ async fn a_certificate_arriving_later_verifies_archived_messages() {
         Some(Role::Member)
     );
 }
+
+/// The relay with its archive (as `flyt-relay` runs them) on loopback, its data in `dir`, archiving to `database_url` (or
+/// SQLite in `dir`).
+async fn relay_on(
+    dir: &std::path::Path,
+    database_url: Option<String>,
+) -> (Archive, crate::runtime::Relay) {
+    let cfg = crate::config::Config {
+        listen: ([127, 0, 0, 1], 0).into(),
+        iroh_bind: ([127, 0, 0, 1], 0).into(),
+        data_dir: dir.to_owned(),
+        database_url,
+        ..Default::default()
+    };
+    let (archive, ext) = extensions(&cfg).await.unwrap();
+    (
+        archive,
+        crate::runtime::Relay::start(cfg, ext).await.unwrap(),
+    )
+}
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// Alice's home in `dir`: a workspace with `#general` that lists `relay` (joined there, as
+/// `flyt relay add` does), and her node serving it. Returns the node, workspace and channel.
+async fn alice_on(
+    dir: &std::path::Path,
+    relay: &crate::runtime::Relay,
+) -> (peer::node::Node, DocId, DocId) {
+    let db = dir.join("flyt.db");
+    let mut s = peer::Store::open(&db).unwrap();
+    s.init("alice").unwrap();
+    let ws = s.create_workspace("acme").unwrap();
+    let ch = s.create_channel("general", "", false).unwrap();
+    let at = relay.peer_addr();
+    let addrs = at.addrs.iter().map(|a| a.to_string()).collect();
+    s.add_relay(&format!("http://{}", relay.http_addr()), at.id, addrs)
+        .unwrap();
+    relay
+        .handle()
+        .join(s.workspace_save(ws).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    drop(s);
+    let node = peer::node::Node::start(peer::node::NodeConfig {
+        db,
+        bind: ([127, 0, 0, 1], 0).into(),
+        lan: false,
+    })
+    .await
+    .unwrap();
+    (node, ws, ch)
+}
+
+/// Alice posts `n` messages to `ch`; returns the bucket once the relay holds them all.
+async fn post_through(
+    relay: &crate::runtime::Relay,
+    alice: &peer::node::Node,
+    ch: DocId,
+    n: usize,
+) -> DocId {
+    let mut events = relay.handle().subscribe();
+    // One send after another, then the day's bucket they went to.
+    let bucket = alice
+        .call(move |s| {
+            (0..n).for_each(|i| {
+                s.post(ch, &format!("queued message {i}"), None, None)
+                    .unwrap();
+            });
+            s.buckets(ch).unwrap().pop().unwrap().1
+        })
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    loop {
+        let held = relay
+            .handle()
+            .call(move |s| {
+                s.document(bucket)
+                    .unwrap()
+                    .map_or(0, |(_, d)| bucket::message_ids(d).len())
+            })
+            .await
+            .unwrap();
+        if held == n {
+            return bucket;
+        }
+        tokio::time::timeout_at(deadline, events.recv())
+            .await
+            .expect("the relay gets alice's messages")
+            .unwrap();
+    }
+}
+
+/// Waits for the archive's catch-up at start, then for it to write what it submitted.
+async fn caught_up_at_start(archive: &Archive) -> ArchiveStatus {
+    tokio::time::timeout(LIMIT, archive.watch().wait_for(|s| s.catch_up_done))
+        .await
+        .expect("the archive catches up")
+        .unwrap();
+    assert!(archive.caught_up(LIMIT).await, "{:?}", archive.status());
+    archive.status()
+}
+
+/// Every archived message of a channel (at most two pages).
+async fn archived(archive: &Archive, ch: DocId, ws: DocId) -> Vec<ArchivedMessage> {
+    archive
+        .messages(&PageQuery {
+            workspace: ws,
+            channel: ch,
+            before: None,
+            limit: MAX_PAGE,
+        })
+        .await
+        .unwrap()
+}
+
+/// Issue 4: the relay stops gracefully while Postgres is away and records are queued; they are
+/// not lost: at its next start (Postgres back) the archive catches up from the relay's store,
+/// documents and sync states. A start with nothing missing submits nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_stopped_with_records_queued_catches_the_archive_up_at_its_next_start() {
+    const N: usize = 40;
+    let mut pg = PgCluster::start();
+    let (relay_dir, home) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (archive, relay) = relay_on(relay_dir.path(), Some(pg.url())).await;
+    let (alice, ws, ch) = alice_on(home.path(), &relay).await;
+    let me = alice
+        .call(|s| s.identity().unwrap().device_id())
+        .await
+        .unwrap();
+    assert!(archive.caught_up(LIMIT).await, "{:?}", archive.status());
+
+    pg.kill();
+    let bucket = post_through(&relay, &alice, ch, N).await;
+    assert!(
+        archive.shared.oldest.lock().unwrap().is_some(),
+        "records wait for Postgres"
+    );
+    alice.shutdown().await;
+    relay.shutdown().await;
+    drop(archive);
+
+    pg.restart();
+    let (archive, relay) = relay_on(relay_dir.path(), Some(pg.url())).await;
+    let status = caught_up_at_start(&archive).await;
+    assert!(status.catch_up_documents >= 1, "{status:?}");
+    assert!(status.catch_up_states >= 1, "{status:?}");
+    let messages = archived(&archive, ch, ws).await;
+    assert_eq!(messages.len(), N, "every queued message is archived");
+    assert!(messages.iter().all(|m| m.verified));
+    let held = relay
+        .handle()
+        .call(move |s| s.document(bucket).unwrap().unwrap().1.get_heads())
+        .await
+        .unwrap();
+    let bytes = archive.document(bucket).await.unwrap().unwrap();
+    assert_eq!(Automerge::load(&bytes).unwrap().get_heads(), held);
+    let state = relay
+        .handle()
+        .call(move |s| s.sync_states().unwrap())
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|(p, d, _)| *p == me && *d == bucket)
+        .expect("the relay saved its sync state with alice")
+        .2;
+    assert_eq!(archive.sync_state(me, bucket).await.unwrap(), Some(state));
+    relay.shutdown().await;
+    drop(archive);
+
+    // Nothing differs now: the next start reads heads and states and submits nothing.
+    let (archive, relay) = relay_on(relay_dir.path(), Some(pg.url())).await;
+    let status = caught_up_at_start(&archive).await;
+    assert_eq!(
+        (status.catch_up_documents, status.catch_up_states),
+        (0, 0),
+        "{status:?}"
+    );
+    assert_eq!(status.batches, 0, "nothing written");
+    relay.shutdown().await;
+}
+
+/// The SQLite flavour: a relay that ran without an archive (or lost its archive file) fills a
+/// fresh one at its next start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_sqlite_archive_catches_up_with_what_the_relay_holds() {
+    const N: usize = 25;
+    let (relay_dir, home) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let cfg = crate::config::Config {
+        listen: ([127, 0, 0, 1], 0).into(),
+        iroh_bind: ([127, 0, 0, 1], 0).into(),
+        data_dir: relay_dir.path().to_owned(),
+        ..Default::default()
+    };
+    let relay = crate::runtime::Relay::start(cfg, Default::default())
+        .await
+        .unwrap();
+    let (alice, ws, ch) = alice_on(home.path(), &relay).await;
+    post_through(&relay, &alice, ch, N).await;
+    alice.shutdown().await;
+    relay.shutdown().await;
+    assert!(!relay_dir.path().join("archive.sqlite").exists());
+
+    let (archive, relay) = relay_on(relay_dir.path(), None).await;
+    let status = caught_up_at_start(&archive).await;
+    assert!(
+        status.catch_up_documents >= 3,
+        "workspace, channel, bucket: {status:?}"
+    );
+    assert_eq!(archived(&archive, ch, ws).await.len(), N);
+    relay.shutdown().await;
+}
