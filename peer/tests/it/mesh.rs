@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use crdt_model::signed::{Ephemeral, EphemeralKind, Presence, Signed};
-use crdt_model::{DeviceId, DocId};
+use crdt_model::{DeviceId, DocId, Role};
 use peer::net::Transport;
 use peer::node::{Node, NodeEvent};
 use peer::sync::protocol::{Frame, MAX_PEER_ENTRIES, PROTOCOL_VERSION, PeerEntry};
@@ -118,7 +118,7 @@ async fn frames_until_end(reader: &mut peer::net::FrameReader, quiet: Duration) 
 /// dropped, and the connection stays up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn addresses_reach_only_members_of_a_shared_workspace_and_bad_ones_are_dropped() {
-    let (mut team, _acme) = acme().await;
+    let (mut team, acme) = acme().await;
     let (_carol_home, carol, carol_dev) = team.pop().unwrap();
     let (_bob_home, bob, bob_dev) = team.pop().unwrap();
     let (_alice_home, alice, alice_dev) = team.pop().unwrap();
@@ -268,6 +268,37 @@ async fn addresses_reach_only_members_of_a_shared_workspace_and_bad_ones_are_dro
 
     drop(writer);
     raw.close().await;
+
+    // Carol removed from acme: bob stops keeping her (no dial loop) and is not connected to her.
+    connected(&bob, carol_dev, "bob connected to carol").await;
+    let carol_person = carol
+        .call(|s| s.identity().unwrap().person_id().to_string())
+        .await
+        .unwrap();
+    let mut bob_events = bob.subscribe();
+    alice
+        .call(move |s| {
+            s.use_workspace(acme)?;
+            s.set_role(&carol_person, Role::Removed)
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    until(&bob, &mut bob_events, "carol let go at bob", move |s| {
+        let kept = s.peers_to_keep().ok()?;
+        (!s.is_member_device(&carol_dev).ok()? && kept.iter().all(|(to, _)| to.id != carol_dev))
+            .then_some(())
+    })
+    .await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while bob.connected().contains(&carol_dev) {
+        assert!(
+            tokio::time::timeout_at(deadline, bob_events.recv())
+                .await
+                .is_ok(),
+            "bob still connected to removed carol"
+        );
+    }
     for node in [alice, bob, carol] {
         node.shutdown().await;
     }
