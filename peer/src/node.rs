@@ -32,9 +32,10 @@ use crate::{Outgoing, Store, StoreError};
 /// How long a dial may take before it counts as failed.
 pub const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Two members' nodes that find each other on the LAN: the one with the smaller device id dials
-/// at once, the other only if no connection came up within this long (it may not have heard
-/// our announcement). One connection, not two racing each other.
+/// Two members' nodes that find each other on the LAN, or learn each other's addresses from a
+/// peer: the one with the smaller device id dials at once, the other only if no connection came
+/// up within this long (it may not have heard our announcement, or not learnt our address). One
+/// connection, not two racing each other.
 pub const LAN_GRACE: Duration = Duration::from_secs(5);
 
 /// At most this many LAN nodes that are not our members' devices are remembered (to dial if
@@ -277,6 +278,81 @@ impl Presences {
     }
 }
 
+/// Address exchange on the store thread (issue 3): peers tell each other where their
+/// workspaces' members' devices listen ([`Frame::Peers`]), and this node keeps a connection to
+/// the known peers it should, so members reach each other with their inviter offline.
+#[derive(Default)]
+struct Mesh {
+    /// Something changed that may change what peers should be told or whom to keep (a
+    /// connection, a document, learnt addresses): look again on the next tick.
+    dirty: bool,
+    /// Known peers kept connected (through [`Dial`]), with the addresses their dial loop uses.
+    kept: HashMap<DeviceId, PeerAddr>,
+    /// What each connected peer was last told (devices and addresses), so it is told again only
+    /// when that changes.
+    told: HashMap<DeviceId, Vec<(DeviceId, Vec<String>)>>,
+}
+
+impl Mesh {
+    /// Tells `peer` where the devices it may know of listen, unless it was already told that.
+    fn tell(&mut self, store: &mut Store, conns: &Connections, peer: DeviceId) {
+        let peers = match store.peers_for(&peer) {
+            Ok(p) => p,
+            Err(e) => return warn!(%peer, "listing addresses for a peer failed: {e:#}"),
+        };
+        let what: Vec<(DeviceId, Vec<String>)> =
+            peers.iter().map(|p| (p.device, p.addrs.clone())).collect();
+        if what.is_empty() || self.told.get(&peer) == Some(&what) {
+            return;
+        }
+        debug!(%peer, entries = what.len(), "telling a peer where members listen");
+        self.told.insert(peer, what);
+        conns.send(&peer, Frame::Peers { peers });
+    }
+
+    /// Keeps a connection to every known peer the store says to keep and lets go of the rest
+    /// (a removed member's devices). A peer whose address changed is redialled at the new one
+    /// once it is not connected. Peers found on the LAN have their own dial loop.
+    fn keep(
+        &mut self,
+        store: &mut Store,
+        conns: &Connections,
+        lan: &std::collections::HashSet<DeviceId>,
+        dial: &mpsc::UnboundedSender<Dial>,
+    ) {
+        let want = match store.peers_to_keep() {
+            Ok(w) => w,
+            Err(e) => return warn!("reading the peers to keep failed: {e:#}"),
+        };
+        let ids: std::collections::HashSet<DeviceId> = want.iter().map(|(to, _)| to.id).collect();
+        self.kept.retain(|id, _| {
+            let stay = ids.contains(id);
+            if !stay {
+                debug!(peer = %id, "no longer a member's device: not dialled any more");
+                let _ = dial.send(Dial::Drop(*id));
+            }
+            stay
+        });
+        for (to, ticket) in want {
+            if lan.contains(&to.id) {
+                continue;
+            }
+            match self.kept.get(&to.id) {
+                Some(old) if *old == to || conns.live.contains_key(&to.id) => continue,
+                Some(_) => {
+                    let _ = dial.send(Dial::Drop(to.id));
+                }
+                None => {}
+            }
+            self.kept.insert(to.id, to.clone());
+            let _ = dial.send(match ticket {
+                true => Dial::Ticket(to),
+                false => Dial::Member(to),
+            });
+        }
+    }
+}
+
 /// Copies who is connected and their presence where [`Node`]'s getters read them: after every
 /// command, and before a presence event goes out, so whoever sees the event sees it there too.
 fn publish(shared: &std::sync::Mutex<Shared>, conns: &Connections, presences: &Presences) {
@@ -318,12 +394,18 @@ fn store_thread(
     let lan_wanted = |store: &Store, known: &[DeviceId], to: &PeerAddr| {
         !known.contains(&to.id) && store.is_member_device(&to.id).unwrap_or(false)
     };
+    let mut mesh = Mesh {
+        dirty: true,
+        ..Mesh::default()
+    };
     let mut busy = false;
     let mut conns = Connections {
         live: HashMap::new(),
         last_sync: HashMap::new(),
     };
+    // Returns whether a peer's change was applied (membership, and so the mesh, may change).
     let run = |store: &mut Store, engine: &mut Engine, conns: &mut Connections, ev: Event| {
+        let mut changed = false;
         match store.sync_event(engine, ev) {
             Ok(out) => {
                 for o in out {
@@ -340,6 +422,7 @@ fn store_thread(
                             conns.live.remove(&peer);
                         }
                         Outgoing::Changed(doc) => {
+                            changed = true;
                             let _ = events.send(NodeEvent::Changed(doc));
                         }
                     }
@@ -347,6 +430,7 @@ fn store_thread(
             }
             Err(e) => warn!("sync event failed: {e:#}"),
         }
+        changed
     };
     // Local writes (ours, or another process's on this home) go to every peer that shares them.
     let push =
@@ -370,6 +454,9 @@ fn store_thread(
         }
         match cmd {
             Cmd::Up { peer, conn_id, tx } => {
+                // A new connection is told afresh; what it may change is looked at next tick.
+                mesh.told.remove(&peer);
+                mesh.dirty = true;
                 if let Some((_, old)) = conns.live.insert(peer, (conn_id, tx)) {
                     // A newer connection replaces an older one: end the old cleanly first.
                     drop(old);
@@ -388,6 +475,7 @@ fn store_thread(
                         Ok(frames) => frames.into_iter().for_each(|(p, f)| conns.send(&p, f)),
                         Err(e) => warn!("presence for a new peer failed: {e:#}"),
                     }
+                    mesh.tell(&mut store, &conns, peer);
                 }
             }
             // A replaced connection's frames belong to a session the engine has ended: the peer
@@ -419,16 +507,25 @@ fn store_thread(
                     Err(e) => debug!(%peer, "dropped an ephemeral note: {e}"),
                 }
             }
+            Cmd::Frame(peer, _, Frame::Peers { peers }) => match store.learn_peers(&peer, peers) {
+                Ok(0) => {}
+                Ok(_) => mesh.dirty = true,
+                Err(e) => warn!(%peer, "keeping a peer's addresses failed: {e:#}"),
+            },
             Cmd::Frame(peer, _, f) => {
                 if let Frame::Sync { data, .. } = &f {
                     received.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
                     conns.last_sync.insert(peer, crate::now_ms());
                 }
-                run(&mut store, &mut engine, &mut conns, Event::Frame(peer, f))
+                if run(&mut store, &mut engine, &mut conns, Event::Frame(peer, f)) {
+                    mesh.dirty = true;
+                }
             }
             Cmd::Down { peer, conn_id } => {
                 if conns.live.get(&peer).is_some_and(|(id, _)| *id == conn_id) {
                     conns.live.remove(&peer);
+                    mesh.told.remove(&peer);
+                    mesh.dirty = true;
                 }
                 conns.save_last_sync(&store, &peer);
                 if engine.peers().any(|p| *p == peer) && !conns.live.contains_key(&peer) {
@@ -486,6 +583,8 @@ fn store_thread(
                 let _ = reply.send(out);
             }
             Cmd::Call(job) => {
+                // It may have remembered a peer or changed who is a member.
+                mesh.dirty = true;
                 job(&mut store);
                 let docs = store.take_local_changes();
                 push(&mut store, &mut engine, &mut conns, docs);
@@ -496,6 +595,7 @@ fn store_thread(
                 reply,
             } => {
                 let _ = reply.send(store.redeem(&ticket, &cert));
+                mesh.dirty = true;
                 // The admission changed the workspace document: peers already connected must
                 // learn of the new member (its device certificate verifies its messages).
                 let docs = store.take_local_changes();
@@ -508,6 +608,7 @@ fn store_thread(
                 reply,
             } => {
                 let _ = reply.send(store.redeem_link(&ticket, device, device_sig));
+                mesh.dirty = true;
                 // The new device's certificate is in every workspace document: peers must
                 // learn of it before the new device connects to them.
                 let docs = store.take_local_changes();
@@ -537,8 +638,19 @@ fn store_thread(
                     warn!("storage upkeep failed: {e:#}");
                 }
                 match store.external_changes() {
-                    Ok(docs) => push(&mut store, &mut engine, &mut conns, docs),
+                    Ok(docs) => {
+                        mesh.dirty |= !docs.is_empty();
+                        push(&mut store, &mut engine, &mut conns, docs);
+                    }
                     Err(e) => warn!("looking for other processes' writes failed: {e:#}"),
+                }
+                // Known peers to keep (or let go), and peers to tell of addresses they lack.
+                if std::mem::take(&mut mesh.dirty) {
+                    mesh.keep(&mut store, &conns, &lan, &dial);
+                    let connected: Vec<DeviceId> = conns.live.keys().copied().collect();
+                    for peer in connected {
+                        mesh.tell(&mut store, &conns, peer);
+                    }
                 }
                 // LAN nodes that have become members' devices since they were found.
                 let known = match lan_others.is_empty() {
@@ -714,10 +826,20 @@ impl Node {
                                 stop.cancel();
                             }
                         }
+                        Dial::Ticket(to) => {
+                            let stop = cancel.child_token();
+                            kept.insert(to.id, stop.clone());
+                            dialer.connect_ticket(to, stop);
+                        }
+                        Dial::Member(to) => {
+                            let stop = cancel.child_token();
+                            kept.insert(to.id, stop.clone());
+                            dialer.connect_member(to, stop, "peer");
+                        }
                         Dial::Lan(to) => {
                             let stop = cancel.child_token();
                             kept.insert(to.id, stop.clone());
-                            dialer.connect_lan(to, stop);
+                            dialer.connect_member(to, stop, "lan");
                         }
                     }
                 }
@@ -735,17 +857,10 @@ impl Node {
             shared,
             _accept: accept,
         };
-        // Record where we listen (for invite tickets) and reconnect to the peers we know.
+        // Record where we listen (for invite tickets and peers); the store thread's first tick
+        // reconnects to the peers we know (`Mesh::keep`).
         let listen: Vec<String> = node.addr().addrs.iter().map(|a| a.to_string()).collect();
-        let peers = node
-            .call(move |s| {
-                s.set_listen_addrs(&listen)?;
-                s.known_peers()
-            })
-            .await??;
-        for (id, addrs) in peers {
-            node.connect(peer_addr(id, &addrs));
-        }
+        node.call(move |s| s.set_listen_addrs(&listen)).await??;
         Ok(node)
     }
 
@@ -842,7 +957,6 @@ impl Node {
         let cert = self
             .call(move |s| {
                 s.expect_join(inv.workspace, inv.inviter)?;
-                s.remember_peer(inv.inviter, &inv.addrs)?;
                 Ok::<_, StoreError>(
                     s.identity()?
                         .device_cert("device", crate::now_ms())
@@ -883,8 +997,12 @@ impl Node {
             }
             Err(_) => return Err(NodeError::Timeout("waiting for the inviter to accept")),
         }
-        // Keep the link to the inviter alive from now on.
-        self.connect(to_dial);
+        // Keep the link to the inviter from the next tick on (`Mesh::keep`; while this join's
+        // connection is up, it is the one). Only now: a dial racing the join would reach the
+        // inviter before it admitted us, and be refused.
+        let (inviter, addrs) = (t.payload.inviter, t.payload.addrs.clone());
+        self.call(move |s| s.remember_peer(inviter, &addrs))
+            .await??;
         Ok(t.payload.workspace)
     }
 
@@ -903,12 +1021,15 @@ impl Node {
     }
 }
 
-/// The store thread's word to the dialler: keep a connection to a listed relay, or stop (it
-/// is no longer listed in any of our workspaces); keep one to a member's device found on the
-/// LAN.
+/// The store thread's word to the dialler: keep a connection to a listed relay, or to a
+/// ticket's peer (see [`Dialer::connect_ticket`]), or stop (a relay no longer listed in any of
+/// our workspaces, a removed member's device); keep one to a member's device learnt from a
+/// peer or found on the LAN (both ends keep it: see [`Dialer::connect_member`]).
 enum Dial {
     Keep(PeerAddr),
+    Ticket(PeerAddr),
     Drop(DeviceId),
+    Member(PeerAddr),
     Lan(PeerAddr),
 }
 
@@ -922,10 +1043,11 @@ struct Dialer {
 }
 
 impl Dialer {
-    /// Keeps a connection to a member's device found on the LAN, whichever side dialled it:
-    /// while one is up (the peer dialled us, say) this waits; when none is, it dials, the
+    /// Keeps a connection to a member's device found on the LAN (`via` "lan") or learnt from a
+    /// peer (`via` "peer"), whichever side dialled it: both ends run this loop. While a
+    /// connection is up (the peer dialled us, say) it waits; when none is, it dials, the
     /// smaller device id at once and the other after [`LAN_GRACE`] (see there), with backoff.
-    fn connect_lan(&self, to: PeerAddr, cancel: CancellationToken) {
+    fn connect_member(&self, to: PeerAddr, cancel: CancellationToken, via: &'static str) {
         let first = if self.transport.id().0 < to.id.0 {
             Duration::ZERO
         } else {
@@ -938,7 +1060,21 @@ impl Dialer {
             after_connection: Duration::from_millis(500),
             unless_connected: true,
         };
-        self.keep(to, cancel, policy, "lan");
+        self.keep(to, cancel, policy, via);
+    }
+
+    /// Keeps a connection to the peer a ticket named (our inviter, or the device that linked
+    /// this one), which may not know where we listen: dials at once whenever no connection is
+    /// up, and otherwise leaves the one that is (the join's own, or one the peer dialled).
+    fn connect_ticket(&self, to: PeerAddr, cancel: CancellationToken) {
+        let policy = Redial {
+            first: Duration::ZERO,
+            min: Duration::from_millis(100),
+            max: Duration::from_secs(1),
+            after_connection: Duration::from_millis(100),
+            unless_connected: true,
+        };
+        self.keep(to, cancel, policy, "ticket");
     }
 
     /// Keeps a connection to `to`: dials now and redials with backoff whenever it drops, until

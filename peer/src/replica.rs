@@ -11,7 +11,9 @@ use rusqlite::{OptionalExtension, params};
 
 use crate::docs;
 use crate::sync::engine::{Action, CloseReason, Engine, Event, Host};
-use crate::sync::protocol::{DocRef, Frame};
+use crate::sync::protocol::{
+    DocRef, Frame, MAX_PEER_ADDRS, MAX_PEER_ENTRIES, PeerEntry, checked_peers,
+};
 use crate::{Store, StoreError, Writer, now_ms};
 
 /// `flyt status`: this home's node, peers and documents.
@@ -307,6 +309,20 @@ impl Host for Writer<'_> {
         }
     }
 
+    /// A private channel (or DM) document whose member list has not arrived holds nothing but
+    /// its deterministic first change: it is synced with a member who offers it (so the list
+    /// arrives) but never offered, so it spreads to nobody outside the list, however members'
+    /// nodes are connected.
+    fn may_offer(&mut self, peer: &DeviceId, doc: DocId) -> bool {
+        let Some(row) = self.doc_row(doc) else {
+            return self.may_share(peer, doc);
+        };
+        let listless = row.kind == "channel"
+            && self.channel_restricted(doc)
+            && self.channel_members(doc).is_empty();
+        !listless && self.allowed(peer, &row)
+    }
+
     fn may_accept(&mut self, peer: &DeviceId, r: &DocRef) -> bool {
         match r {
             DocRef::Workspace { id } => self.inviter_of(*id) == Some(peer.to_string()),
@@ -355,7 +371,7 @@ impl Host for Writer<'_> {
             .unwrap_or_default();
         let mut refs = Vec::new();
         for id in ids.into_iter().filter_map(|id| id.parse::<DocId>().ok()) {
-            if self.may_share(peer, id)
+            if self.may_offer(peer, id)
                 && let Some(r) = self.doc_ref(id)
             {
                 refs.push(r);
@@ -868,6 +884,185 @@ impl Store {
                 ))
             })
             .collect()
+    }
+
+    /// Devices of current members of every workspace where both `a` and `b` are current
+    /// members' devices (with `a == b`: of every workspace where `a` is). Relays are never
+    /// among them: they are listed in workspace documents, not certified as members' devices.
+    fn shared_member_devices(
+        &self,
+        a: &DeviceId,
+        b: &DeviceId,
+    ) -> Result<std::collections::HashSet<DeviceId>, StoreError> {
+        let rows: Vec<String> = self
+            .conn
+            .prepare_cached(
+                "WITH current (workspace, device) AS (
+                   SELECT d.workspace, d.device FROM devices d JOIN members m
+                     ON m.workspace = d.workspace AND m.person = d.person
+                   WHERE m.role != 'removed'),
+                 shared (workspace) AS (
+                   SELECT workspace FROM current WHERE device = ?1
+                   INTERSECT SELECT workspace FROM current WHERE device = ?2)
+                 SELECT DISTINCT device FROM current
+                 WHERE workspace IN (SELECT workspace FROM shared)",
+            )?
+            .query_map(params![a.to_string(), b.to_string()], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        rows.into_iter().map(|d| Ok(d.parse()?)).collect()
+    }
+
+    /// What to tell `peer` in a [`Frame::Peers`]: where this node listens and where the known
+    /// peers it may learn of listen (devices of current members of a workspace both it and
+    /// this device are current members of; never `peer` itself, never a relay). At most
+    /// [`MAX_PEER_ENTRIES`](crate::sync::protocol::MAX_PEER_ENTRIES) entries, this node first.
+    pub fn peers_for(&mut self, peer: &DeviceId) -> Result<Vec<PeerEntry>, StoreError> {
+        let me = self.identity()?.device_id();
+        let may = self.shared_member_devices(&me, peer)?;
+        if !may.contains(peer) {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        let listen = self.listen_addrs()?;
+        if !listen.is_empty() {
+            out.push(PeerEntry {
+                device: me,
+                addrs: listen.into_iter().take(MAX_PEER_ADDRS).collect(),
+                updated_ms: now_ms(),
+            });
+        }
+        let rows: Vec<(String, String, i64)> = self
+            .conn
+            .prepare_cached("SELECT device, addrs, updated_ms FROM peers ORDER BY device")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<Result<_, _>>()?;
+        for (device, addrs, updated_ms) in rows {
+            let device: DeviceId = device.parse()?;
+            if device == *peer || device == me || !may.contains(&device) {
+                continue;
+            }
+            if out.len() == MAX_PEER_ENTRIES {
+                break;
+            }
+            out.push(PeerEntry {
+                device,
+                addrs: addrs
+                    .split_whitespace()
+                    .take(MAX_PEER_ADDRS)
+                    .map(str::to_owned)
+                    .collect(),
+                updated_ms,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Keeps what a connected peer `from` told us in a [`Frame::Peers`]: entries that pass
+    /// [`checked_peers`], about devices of current members of a workspace both it and this
+    /// device are current members of, not this device. A relay URL is kept only if one of our
+    /// workspaces lists that relay (a member cannot send us to a server of its choosing).
+    /// What `from` says of itself is stored as new; what it says of others replaces what we
+    /// know only if it is newer (its time capped at now) and different. Returns how many
+    /// devices' addresses changed.
+    pub fn learn_peers(
+        &mut self,
+        from: &DeviceId,
+        peers: Vec<PeerEntry>,
+    ) -> Result<usize, StoreError> {
+        let peers = checked_peers(peers);
+        if peers.is_empty() {
+            return Ok(0);
+        }
+        let me = self.identity()?.device_id();
+        let may = self.shared_member_devices(&me, from)?;
+        if !may.contains(from) {
+            tracing::debug!(%from, "ignoring addresses from a device we share no workspace with");
+            return Ok(0);
+        }
+        let relays: std::collections::HashSet<String> = self
+            .relay_peers()?
+            .into_iter()
+            .flat_map(|p| p.relays)
+            .map(|u| u.trim_end_matches('/').to_owned())
+            .collect();
+        let now = now_ms();
+        let tx = self.conn.transaction()?;
+        let mut changed = 0;
+        for mut e in peers {
+            if e.device == me || !may.contains(&e.device) {
+                tracing::debug!(%from, device = %e.device, "ignoring addresses of a device it may not tell us of");
+                continue;
+            }
+            e.addrs.retain(|a| {
+                a.parse::<std::net::SocketAddr>().is_ok()
+                    || relays.contains(a.trim_end_matches('/'))
+            });
+            if e.addrs.is_empty() {
+                continue;
+            }
+            let addrs = e.addrs.join(" ");
+            let at = match e.device == *from {
+                true => now,
+                false => e.updated_ms.min(now),
+            };
+            let old: Option<(String, i64)> = tx
+                .prepare_cached("SELECT addrs, updated_ms FROM peers WHERE device = ?1")?
+                .query_row([e.device.to_string()], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            match old {
+                Some((_, old_at)) if old_at >= at => {}
+                Some((old_addrs, _)) if old_addrs == addrs => {
+                    tx.execute(
+                        "UPDATE peers SET updated_ms = ?2 WHERE device = ?1",
+                        params![e.device.to_string(), at],
+                    )?;
+                }
+                _ => {
+                    tx.execute(
+                        "INSERT INTO peers (device, addrs, updated_ms) VALUES (?1, ?2, ?3)
+                         ON CONFLICT (device) DO UPDATE
+                         SET addrs = excluded.addrs, updated_ms = excluded.updated_ms",
+                        params![e.device.to_string(), addrs, at],
+                    )?;
+                    tracing::debug!(%from, device = %e.device, %addrs, "learnt where a member's device listens");
+                    changed += 1;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(changed)
+    }
+
+    /// The known peers to keep a connection to, each with whether it came from a ticket (an
+    /// inviter or the device that linked this one: dial it whatever it does) or was learnt
+    /// from a peer (both ends keep the connection: see `node`). A learnt peer is kept while
+    /// it is a current member's device in a workspace this device is a current member of; a
+    /// ticket's peer too, or while we do not know it yet (joining). So a removed member's
+    /// devices are let go.
+    pub fn peers_to_keep(&mut self) -> Result<Vec<(crate::net::PeerAddr, bool)>, StoreError> {
+        let me = self.identity()?.device_id();
+        let members = self.shared_member_devices(&me, &me)?;
+        let mut out = Vec::new();
+        for (device, addrs) in self.known_peers()? {
+            let ticket = self
+                .conn
+                .prepare_cached("SELECT 1 FROM joining WHERE inviter = ?1 LIMIT 1")?
+                .query_row([device.to_string()], |_| Ok(()))
+                .optional()?
+                .is_some();
+            let keep = members.contains(&device)
+                || (ticket
+                    && self
+                        .conn
+                        .prepare_cached("SELECT 1 FROM devices WHERE device = ?1 LIMIT 1")?
+                        .query_row([device.to_string()], |_| Ok(()))
+                        .optional()?
+                        .is_none());
+            if keep && device != me {
+                out.push((crate::net::PeerAddr::parse(device, &addrs), ticket));
+            }
+        }
+        Ok(out)
     }
 
     /// Records where this home's running node listens (for invite tickets); empty when it stops.

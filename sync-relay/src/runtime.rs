@@ -484,6 +484,12 @@ pub(crate) fn frame_size(f: &Frame) -> usize {
         Frame::Have { docs } => 8 + 48 * docs.len(),
         Frame::Join { ticket, cert } => 8 + ticket.len() + cert.len(),
         Frame::Refused { reason } => 8 + reason.len(),
+        Frame::Peers { peers } => {
+            8 + peers
+                .iter()
+                .map(|p| 48 + p.addrs.iter().map(String::len).sum::<usize>())
+                .sum::<usize>()
+        }
         _ => 24,
     }
 }

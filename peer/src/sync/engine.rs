@@ -38,6 +38,12 @@ pub trait Host {
     fn may_connect(&mut self, peer: &DeviceId) -> bool;
     /// Whether `peer` may receive `doc` from us and send us changes to it.
     fn may_share(&mut self, peer: &DeviceId, doc: DocId) -> bool;
+    /// Whether to offer `peer` a held `doc` it has not mentioned (a `Have`): by default
+    /// whenever it may share it. A host may hold back documents it may sync but has nothing to
+    /// give of (a private channel whose member list has not arrived).
+    fn may_offer(&mut self, peer: &DeviceId, doc: DocId) -> bool {
+        self.may_share(peer, doc)
+    }
     /// Whether we should start holding `r` because `peer` offers it.
     fn may_accept(&mut self, peer: &DeviceId, r: &DocRef) -> bool;
     /// The documents to offer `peer`, in sync order.
@@ -296,8 +302,8 @@ impl Engine {
                 out,
             ),
             Frame::Refused { reason } => self.close(peer, CloseReason::Refused(reason), out),
-            // Ephemeral notes are the runtime's (checked and shown, never stored).
-            Frame::Ephemeral { .. } => {}
+            // Ephemeral notes and peers' addresses are the runtime's (checked, never synced).
+            Frame::Ephemeral { .. } | Frame::Peers { .. } => {}
         }
     }
 
@@ -393,8 +399,13 @@ impl Engine {
                 continue;
             }
             let known = self.peers[&peer].docs.contains_key(&doc);
-            if !known && let Some(r) = host.doc_ref(doc) {
-                out.push(Action::Send(peer, Frame::Have { docs: vec![r] }));
+            if !known {
+                if !host.may_offer(&peer, doc) {
+                    continue;
+                }
+                if let Some(r) = host.doc_ref(doc) {
+                    out.push(Action::Send(peer, Frame::Have { docs: vec![r] }));
+                }
             }
             self.open(host, peer, doc, out);
         }

@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crdt_model::{DocId, PersonId};
+use crdt_model::{DeviceId, DocId, PersonId};
 
 /// The ALPN identifying Flyt's sync protocol on an iroh connection.
 pub const ALPN: &[u8] = b"flyt/sync/1";
@@ -136,6 +136,76 @@ pub enum Frame {
         /// The signed envelope.
         signed: Vec<u8>,
     },
+    /// Where member devices listen, as the sender knows it (its own addresses included): only
+    /// devices of current members of a workspace both ends are current members of. Never
+    /// stored or acted on as is: the receiver keeps what [`checked_peers`] lets through and
+    /// its share policy allows. The engine ignores it.
+    Peers {
+        /// At most [`MAX_PEER_ENTRIES`] entries.
+        peers: Vec<PeerEntry>,
+    },
+}
+
+/// The most entries one [`Frame::Peers`] may carry; a frame with more is ignored whole.
+pub const MAX_PEER_ENTRIES: usize = 256;
+
+/// The most addresses one [`PeerEntry`] may carry; an entry with more is dropped.
+pub const MAX_PEER_ADDRS: usize = 8;
+
+/// The longest address string kept (a relay URL); longer ones are dropped.
+pub const MAX_ADDR_LEN: usize = 256;
+
+/// One device's addresses in a [`Frame::Peers`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerEntry {
+    /// The device (its iroh endpoint key).
+    pub device: DeviceId,
+    /// Where it listens: `ip:port` direct addresses and `http(s)://` relay URLs, as tickets
+    /// carry them.
+    pub addrs: Vec<String>,
+    /// When the sender learnt these addresses (ms; for its own, when it started listening).
+    pub updated_ms: i64,
+}
+
+/// The part of a received [`Frame::Peers`] that is within bounds and well formed: nothing if it
+/// has more than [`MAX_PEER_ENTRIES`] entries; without entries that have more than
+/// [`MAX_PEER_ADDRS`] addresses, and without addresses that are neither a socket address nor an
+/// `http(s)://` relay URL (or longer than [`MAX_ADDR_LEN`]); entries left with no address are
+/// dropped, and a device listed twice keeps its first entry. What is dropped is logged (debug).
+pub fn checked_peers(peers: Vec<PeerEntry>) -> Vec<PeerEntry> {
+    if peers.len() > MAX_PEER_ENTRIES {
+        tracing::debug!(
+            entries = peers.len(),
+            "ignoring a Peers frame over {MAX_PEER_ENTRIES} entries"
+        );
+        return Vec::new();
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::with_capacity(peers.len());
+    for mut e in peers {
+        if e.addrs.len() > MAX_PEER_ADDRS {
+            tracing::debug!(device = %e.device, addrs = e.addrs.len(), "dropping an entry with too many addresses");
+            continue;
+        }
+        e.addrs.retain(|a| {
+            let ok = valid_addr(a);
+            if !ok {
+                tracing::debug!(device = %e.device, "dropping a malformed address");
+            }
+            ok
+        });
+        if e.addrs.is_empty() || !seen.insert(e.device) {
+            continue;
+        }
+        out.push(e);
+    }
+    out
+}
+
+/// Whether `a` is an address a [`PeerEntry`] may carry (see [`checked_peers`]).
+fn valid_addr(a: &str) -> bool {
+    a.len() <= MAX_ADDR_LEN
+        && (a.parse::<std::net::SocketAddr>().is_ok() || crate::net::relay_url(a).is_ok())
 }
 
 /// A secret key in a frame; its `Debug` never shows it.
@@ -241,6 +311,7 @@ mod tests {
             id.clone().prop_map(|doc| Frame::Unavailable { doc }),
             proptest::collection::vec(any::<u8>(), 0..200)
                 .prop_map(|signed| Frame::Ephemeral { signed }),
+            proptest::collection::vec(arb_entry(), 0..4).prop_map(|peers| Frame::Peers { peers }),
             (id.clone(), id).prop_map(|(channel, workspace)| Frame::Have {
                 docs: vec![
                     DocRef::Channel {
@@ -254,6 +325,19 @@ mod tests {
                 ],
             }),
         ]
+    }
+
+    fn arb_entry() -> impl Strategy<Value = PeerEntry> {
+        (
+            any::<[u8; 32]>(),
+            proptest::collection::vec("[ -~]{0,40}", 0..4),
+            any::<i64>(),
+        )
+            .prop_map(|(d, addrs, updated_ms)| PeerEntry {
+                device: DeviceId(d),
+                addrs,
+                updated_ms,
+            })
     }
 
     proptest! {
@@ -312,6 +396,64 @@ mod tests {
         let mut d = FrameDecoder::default();
         d.push(&short);
         assert!(d.next_frame().is_err());
+    }
+
+    fn entry(d: u8, addrs: &[&str]) -> PeerEntry {
+        PeerEntry {
+            device: DeviceId([d; 32]),
+            addrs: addrs.iter().map(|a| a.to_string()).collect(),
+            updated_ms: 7,
+        }
+    }
+
+    #[test]
+    fn peers_frames_round_trip_and_keep_only_what_is_bounded_and_well_formed() {
+        let frame = Frame::Peers {
+            peers: vec![
+                entry(
+                    1,
+                    &["127.0.0.1:4000", "[::1]:4001", "http://relay.example:3340"],
+                ),
+                entry(2, &["not an address", "10.0.0.2:9", "ftp://x", "10.0.0.2"]),
+                entry(3, &["nonsense"]),
+                entry(4, &["1.2.3.4:5"; MAX_PEER_ADDRS + 1]),
+                entry(1, &["127.0.0.9:1"]),
+            ],
+        };
+        let mut d = FrameDecoder::default();
+        d.push(&frame.encode());
+        let Some(Frame::Peers { peers }) = d.next_frame().unwrap() else {
+            panic!("a Peers frame")
+        };
+        assert_eq!(
+            checked_peers(peers),
+            vec![
+                entry(
+                    1,
+                    &["127.0.0.1:4000", "[::1]:4001", "http://relay.example:3340"]
+                ),
+                entry(2, &["10.0.0.2:9"]),
+            ],
+            "malformed addresses, entries left empty or over the address bound, and repeats \
+             are dropped"
+        );
+        let long = format!("http://{}.example", "a".repeat(MAX_ADDR_LEN));
+        assert!(checked_peers(vec![entry(5, &[&long])]).is_empty());
+
+        let full: Vec<PeerEntry> = (0..MAX_PEER_ENTRIES)
+            .map(|i| PeerEntry {
+                device: DeviceId([(i % 256) as u8; 32]),
+                addrs: vec!["127.0.0.1:1".into()],
+                updated_ms: 0,
+            })
+            .collect();
+        assert_eq!(checked_peers(full.clone()).len(), 256);
+        let mut over = full;
+        over.push(entry(9, &["127.0.0.1:2"]));
+        assert!(
+            checked_peers(over).is_empty(),
+            "a frame over the bound is ignored whole"
+        );
     }
 
     #[test]

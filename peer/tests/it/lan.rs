@@ -39,15 +39,35 @@ fn rerun_in_netns(name: &str) {
     );
 }
 
-async fn device(node: &Node) -> DeviceId {
+pub async fn device(node: &Node) -> DeviceId {
     node.call(|s| s.identity().map(|i| i.device_id()))
         .await
         .unwrap()
         .unwrap()
 }
 
+/// `from` posts `text` in `general` of `ws`; waits until `to` shows it, verified.
+pub async fn posts_and_arrives(from: &Node, to: &Node, ws: DocId, text: &'static str) {
+    let mut events = to.subscribe();
+    let sent = from
+        .call(move |s| {
+            s.use_workspace(ws)?;
+            let ch = s.find_channel("general")?;
+            s.post(ch, text, None, None)
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    let id = sent.id.clone();
+    let got = until(to, &mut events, "the message at the other node", move |s| {
+        s.message(&id).ok()
+    })
+    .await;
+    assert_eq!((got.text.as_str(), got.verified), (text, true));
+}
+
 /// Waits until `node` is connected to `peer`.
-async fn connected(node: &Node, peer: DeviceId, what: &str) {
+pub async fn connected(node: &Node, peer: DeviceId, what: &str) {
     let mut events = node.subscribe();
     let deadline = tokio::time::Instant::now() + WAIT;
     while !node.connected().contains(&peer) {
@@ -58,8 +78,9 @@ async fn connected(node: &Node, peer: DeviceId, what: &str) {
     }
 }
 
-/// Bob and carol joined through alice and never learnt each other's address. With alice gone
-/// and both on one LAN with `--lan`, they find each other and chat; dave, on the same LAN with
+/// Bob and carol joined through alice and know only alice's address (what alice told them of
+/// each other is forgotten). With alice gone and both on one LAN with `--lan`, they find each
+/// other and chat; dave, on the same LAN with
 /// `--lan` but in another workspace, is dialled by neither and gets nothing.
 #[test]
 fn members_find_each_other_on_the_lan_and_strangers_are_not_dialled() {
@@ -128,13 +149,18 @@ async fn scenario() {
         },
     )
     .await;
-    for (node, other) in [(&bob, carol_dev), (&carol, bob_dev)] {
-        let known = node.call(|s| s.known_peers()).await.unwrap().unwrap();
-        assert!(known.iter().all(|(d, _)| *d != other), "{known:?}");
-    }
     alice.shutdown().await;
     bob.shutdown().await;
     carol.shutdown().await;
+    // Alice told each where the other listened (`Frame::Peers`); here they must find each
+    // other with no address at all, as if they never had: forget what they learnt.
+    for (home, other) in [(&bob_home, carol_dev), (&carol_home, bob_dev)] {
+        home.raw()
+            .execute("DELETE FROM peers WHERE device = ?1", [other.to_string()])
+            .unwrap();
+        let known = home.open().known_peers().unwrap();
+        assert!(known.iter().all(|(d, _)| *d != other), "{known:?}");
+    }
 
     // Dave: on the same LAN, announcing himself, in a workspace of his own.
     let dave_home = home_with("dave");
@@ -147,28 +173,7 @@ async fn scenario() {
     connected(&bob, carol_dev, "bob connected to carol over the LAN").await;
     connected(&carol, bob_dev, "carol connected to bob over the LAN").await;
 
-    let mut carol_events = carol.subscribe();
-    let sent = bob
-        .call(move |s| {
-            s.use_workspace(ws)?;
-            let ch = s.find_channel("general")?;
-            s.post(ch, "found you on the LAN", None, None)
-        })
-        .await
-        .unwrap()
-        .unwrap();
-    let id = sent.id.clone();
-    let got = until(
-        &carol,
-        &mut carol_events,
-        "bob's message at carol",
-        move |s| s.message(&id).ok(),
-    )
-    .await;
-    assert_eq!(
-        (got.text.as_str(), got.verified),
-        ("found you on the LAN", true)
-    );
+    posts_and_arrives(&bob, &carol, ws, "found you on the LAN").await;
 
     // By now dave has announced himself to them for a while (and they to him): no connection
     // either way, and nothing of acme at dave.

@@ -9,6 +9,7 @@ mod devices;
 mod ephemeral;
 mod errors;
 mod lan;
+mod mesh;
 mod node;
 mod private;
 mod projection;
