@@ -1,9 +1,12 @@
-//! Flyt's cross-crate harness. Today it holds the statistics helpers of `flyt-bench`; the
+//! Flyt's cross-crate harness. Today it holds the statistics helpers of `flyt-bench` and the
+//! light receivers of its relay benchmark ([`fanout`]); the
 //! P2P and relay issues add the harness that starts real relays, real peers and a real
 //! Postgres and checks them end to end.
 #![deny(missing_docs)]
 
 use std::time::Duration;
+
+pub mod fanout;
 
 /// Median and tail of a set of samples.
 #[derive(Debug, Clone, Copy, PartialEq)]

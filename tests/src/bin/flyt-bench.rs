@@ -24,7 +24,9 @@ fn usage() -> ! {
          \n  local   send / read / open / search on a 100k-message channel (SQLite, one process)\
          \n  p2p     live delivery between two nodes over iroh QUIC on 127.0.0.1, and a new device\
          \n          joining a workspace whose channel holds 100k messages\
-         \n  relay   fan-out from one sender through a relay to N connected member nodes\
+         \n  relay   fan-out from one sender through a relay to N connected member devices: light\
+         \n          receivers (endpoint + sync engine, in memory) in a second process, or with\
+         \n          --full-nodes full member nodes (SQLite homes) in the relay's process\
          \n  archive the relay's archive at a steady N messages/s (default 1,000) into Postgres\
          \n          (default: a throwaway database on postgres://postgres@127.0.0.1:5432)"
     );
@@ -38,6 +40,7 @@ fn main() -> Result<()> {
         Some("open-cold") => open_cold(&args[1..]),
         Some("p2p") => p2p(&args[1..]),
         Some("relay") => relay_bench(&args[1..]),
+        Some("relay-clients") => relay_clients(&args[1..]),
         Some("archive") => archive_bench(&args[1..]),
         _ => usage(),
     }
@@ -74,6 +77,19 @@ fn fill_history(
         store.post_batch(channel, &items)?;
     }
     Ok(())
+}
+
+/// The head of the results table.
+fn header() {
+    println!(
+        "{:<44} {:>10} {:>10} {:>10}",
+        "measurement", "p50", "p99", "max"
+    );
+}
+
+/// A summary as the JSON line reports it.
+fn stat(s: &Summary) -> serde_json::Value {
+    json!({ "p50": s.p50, "p99": s.p99, "max": s.max, "n": s.n })
 }
 
 fn row(name: &str, unit: &str, s: &Summary) {
@@ -203,7 +219,6 @@ fn local(args: &[String]) -> Result<()> {
         buckets.len(),
         full_bucket as f64 / 1e3
     );
-    let stat = |s: &Summary| json!({ "p50": s.p50, "p99": s.p99, "max": s.max, "n": s.n });
     println!(
         "{}",
         json!({
@@ -374,10 +389,7 @@ async fn p2p_run(total: usize, live: usize) -> Result<()> {
     alice.shutdown().await;
     bob.shutdown().await;
 
-    println!(
-        "{:<44} {:>10} {:>10} {:>10}",
-        "measurement", "p50", "p99", "max"
-    );
+    header();
     row("live delivery alice -> bob screen (QUIC)", "ms", &lat);
     println!(
         "new device, {total} messages: newest 50 on screen {:.2} s, full history {:.2} s, {:.1} MB received, peak RSS (both nodes, one process) {:.0} MB",
@@ -386,7 +398,6 @@ async fn p2p_run(total: usize, live: usize) -> Result<()> {
         bytes as f64 / 1e6,
         rss
     );
-    let stat = |s: &Summary| json!({ "p50": s.p50, "p99": s.p99, "max": s.max, "n": s.n });
     println!(
         "{}",
         json!({
@@ -410,26 +421,31 @@ fn relay_bench(args: &[String]) -> Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    rt.block_on(relay_run(peers, messages))
+    if args.iter().any(|a| a == "--full-nodes") {
+        rt.block_on(relay_full_run(peers, messages))
+    } else {
+        rt.block_on(relay_light_run(peers, messages))
+    }
 }
 
-/// Fan-out through the relay: one sender, `n` members' nodes connected only to the relay (no
-/// direct links), `messages` posts one at a time; delivery = post until each node reports the
-/// change durable and projected.
-///
-/// How the peers are simulated, and what they cost: each is a real `peer::node::Node` (its own
-/// iroh endpoint, store thread and SQLite home, fsync per received change) in this one
-/// process, on the same 2 cores as the relay. Their homes are copies of the sender's home
-/// (after it admitted them), each with its own identity written in, so no join traffic is
-/// measured. The figures are therefore an upper bound of the relay's own cost.
-async fn relay_run(n: usize, messages: usize) -> Result<()> {
-    use peer::node::NodeEvent;
-    use std::time::Duration;
-    let dir = tempfile::tempdir()?;
+/// A relay serving a workspace whose owner (alice, a home in `dir`) admitted `n` members and
+/// posted once in its one public channel, before the relay joined it.
+struct RelayFixture {
+    relay: sync_relay::runtime::Relay,
+    alice_db: PathBuf,
+    members: Vec<crdt_model::Identity>,
+    workspace: crdt_model::DocId,
+    /// The workspace document as the relay joined it.
+    workspace_bytes: Vec<u8>,
+    channel: crdt_model::DocId,
+    bucket: crdt_model::DocId,
+}
+
+async fn relay_fixture(dir: &Path, n: usize) -> Result<RelayFixture> {
     let cfg = sync_relay::config::Config {
         listen: "127.0.0.1:0".parse()?,
         iroh_bind: "127.0.0.1:0".parse()?,
-        data_dir: dir.path().join("relay"),
+        data_dir: dir.join("relay"),
         max_connections: n + 16,
         ..Default::default()
     };
@@ -443,32 +459,63 @@ async fn relay_run(n: usize, messages: usize) -> Result<()> {
         .map(|a| a.to_string())
         .collect();
 
-    let alice_db = bench_home(&dir.path().join("alice"), "alice")?;
+    let alice_db = bench_home(&dir.join("alice"), "alice")?;
     let members: Vec<crdt_model::Identity> = (0..n)
         .map(|i| {
             crdt_model::Identity::from_secrets(peer::random(), peer::random(), format!("p{i}"))
         })
         .collect();
-    let (channel, bucket) = {
-        let mut s = Store::open(&alice_db)?;
-        let ws = s.create_workspace("bench")?;
-        let ch = s.create_channel("general", "", false)?;
-        s.post(ch, "hello", None, None)?;
-        for m in &members {
-            s.admit(
-                &m.device_cert("bench", peer::now_ms()),
-                crdt_model::Role::Member,
-            )?;
-        }
-        s.add_relay(&url, relay.peer_addr().id, relay_addrs)?;
-        relay
-            .handle()
-            .join(s.workspace_save(ws)?)
-            .await?
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let bucket = s.buckets(ch)?.pop().context("a bucket")?.1;
-        (ch, bucket)
-    };
+    let mut s = Store::open(&alice_db)?;
+    let workspace = s.create_workspace("bench")?;
+    let channel = s.create_channel("general", "", false)?;
+    s.post(channel, "hello", None, None)?;
+    for m in &members {
+        s.admit(
+            &m.device_cert("bench", peer::now_ms()),
+            crdt_model::Role::Member,
+        )?;
+    }
+    s.add_relay(&url, relay.peer_addr().id, relay_addrs)?;
+    let workspace_bytes = s.workspace_save(workspace)?;
+    relay
+        .handle()
+        .join(workspace_bytes.clone())
+        .await?
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let bucket = s.buckets(channel)?.pop().context("a bucket")?.1;
+    Ok(RelayFixture {
+        relay,
+        alice_db,
+        members,
+        workspace,
+        workspace_bytes,
+        channel,
+        bucket,
+    })
+}
+
+/// `flyt-bench relay --full-nodes`: fan-out through the relay: one sender, `n` members' nodes
+/// connected only to the relay (no
+/// direct links), `messages` posts one at a time; delivery = post until each node reports the
+/// change durable and projected.
+///
+/// How the peers are simulated, and what they cost: each is a real `peer::node::Node` (its own
+/// iroh endpoint, store thread and SQLite home, fsync per received change) in this one
+/// process, on the same 2 cores as the relay. Their homes are copies of the sender's home
+/// (after it admitted them), each with its own identity written in, so no join traffic is
+/// measured. The figures are therefore an upper bound of the relay's own cost.
+async fn relay_full_run(n: usize, messages: usize) -> Result<()> {
+    use peer::node::NodeEvent;
+    use std::time::Duration;
+    let dir = tempfile::tempdir()?;
+    let RelayFixture {
+        relay,
+        alice_db,
+        members,
+        channel,
+        bucket,
+        ..
+    } = relay_fixture(dir.path(), n).await?;
     // Closing the last connection checkpoints the WAL: the file is the whole home.
     let mut dbs = Vec::with_capacity(n);
     for (i, m) in members.iter().enumerate() {
@@ -558,16 +605,12 @@ async fn relay_run(n: usize, messages: usize) -> Result<()> {
     alice.shutdown().await;
     relay.shutdown().await;
 
-    println!(
-        "{:<44} {:>10} {:>10} {:>10}",
-        "measurement", "p50", "p99", "max"
-    );
+    header();
     row(&format!("relay fan-out to {n} nodes"), "ms", &lat);
     let per_peer_kb = (rss_after - rss_before) * 1024.0 / n as f64;
     println!(
         "resident memory per connected node (relay connection + the simulated node itself): {per_peer_kb:.0} KB"
     );
-    let stat = |s: &Summary| json!({ "p50": s.p50, "p99": s.p99, "max": s.max, "n": s.n });
     println!(
         "{}",
         json!({
@@ -581,6 +624,342 @@ async fn relay_run(n: usize, messages: usize) -> Result<()> {
         })
     );
     Ok(())
+}
+
+/// `flyt-bench relay` (the default): fan-out through the relay to `n` light receivers in a
+/// second process (this binary's `relay-clients`), so the relay's figures are its own.
+///
+/// This process hosts the relay and the sender (alice, a full node); the receivers are
+/// `tests::fanout` receivers: each a member device's iroh endpoint and `peer`'s sync engine
+/// over in-memory documents, all in one child process. Delivery time = from just before
+/// alice's post (which includes her fsync'd commit) until a receiver holds the message in its
+/// bucket document, both read on the machine's clock (`tests::fanout::clock_ns`). Memory per idle connection = this
+/// process's VmRSS after the `n` connections settled minus before the first, over `n` (alice
+/// is connected in both readings).
+async fn relay_light_run(n: usize, messages: usize) -> Result<()> {
+    use std::io::{BufRead, Write};
+    use std::process::Stdio;
+    use std::time::Duration;
+    use tests::fanout::clock_ns;
+
+    let dir = tempfile::tempdir()?;
+    let fx = relay_fixture(dir.path(), n).await?;
+    let relay = fx.relay;
+    let metrics = relay.handle().metrics.clone();
+    let connections = || {
+        metrics
+            .connections
+            .load(std::sync::atomic::Ordering::Relaxed) as usize
+    };
+    let mut relay_events = relay.handle().subscribe();
+    let alice = start_node(&fx.alice_db).await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while connections() < 1 {
+        if Instant::now() > deadline {
+            bail!("alice did not connect to the relay in time");
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), relay_events.recv()).await;
+    }
+    // Alice's connect-time sync changes nothing; wait until the relay is quiet.
+    while tokio::time::timeout(Duration::from_millis(500), relay_events.recv())
+        .await
+        .is_ok()
+    {}
+    let rss_before = proc_status_mb("VmRSS:");
+
+    let setup = dir.path().join("clients.json");
+    let relay_addr = relay.peer_addr();
+    std::fs::write(
+        &setup,
+        json!({
+            "relay": relay_addr.id.to_string(),
+            "relay_addrs": relay_addr.addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+            "workspace": fx.workspace.to_string(),
+            "workspace_doc": hex::encode(&fx.workspace_bytes),
+            "devices": fx.members.iter().map(|m| hex::encode(m.device.to_bytes())).collect::<Vec<_>>(),
+        })
+        .to_string(),
+    )?;
+    let mut child = Command::new(std::env::current_exe()?)
+        .arg("relay-clients")
+        .arg(&setup)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting the receivers' process")?;
+    let stdin = child.stdin.take().context("child stdin")?;
+    let stdout = child.stdout.take().context("child stdout")?;
+    let (line_tx, mut lines) = tokio::sync::mpsc::unbounded_channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if line_tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    // The child's next line, within `secs`; a `failed` line or its exit is an error.
+    let next_line = async |lines: &mut tokio::sync::mpsc::UnboundedReceiver<String>, secs| {
+        match tokio::time::timeout(Duration::from_secs(secs), lines.recv()).await {
+            Ok(Some(l)) if l.starts_with("failed") => bail!("receivers: {l}"),
+            Ok(Some(l)) => Ok(l),
+            Ok(None) => bail!("the receivers' process exited"),
+            Err(_) => bail!("no word from the receivers within {secs} s"),
+        }
+    };
+
+    let t = Instant::now();
+    let result = async {
+        let l = next_line(&mut lines, 600).await?;
+        if l != format!("connected {n}") {
+            bail!("unexpected line from the receivers: {l}");
+        }
+        let connected_s = t.elapsed().as_secs_f64();
+        let l = next_line(&mut lines, 600).await?;
+        let child_rss_mb: f64 = l
+            .strip_prefix("settled ")
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("unexpected line from the receivers: {l}"))?;
+        if connections() != n + 1 {
+            bail!(
+                "the relay counts {} connections, expected {}",
+                connections(),
+                n + 1
+            );
+        }
+        let rss_after = proc_status_mb("VmRSS:");
+        eprintln!(
+            "{n} receivers connected in {connected_s:.1} s, settled in {:.1} s",
+            t.elapsed().as_secs_f64()
+        );
+
+        let mut lat_ms = Vec::with_capacity(n * messages);
+        let mut post_ms = Vec::with_capacity(messages);
+        for i in 0..messages {
+            let t0 = clock_ns();
+            let text = format!("fan-out {i}");
+            let row = alice
+                .call(move |s| s.post(fx.channel, &text, None, None))
+                .await??;
+            post_ms.push(clock_ns().saturating_sub(t0) as f64 / 1e6);
+            let l = next_line(&mut lines, 60).await?;
+            let mut f = l.split(' ');
+            if f.next() != Some("got") || f.next() != Some(row.id.as_str()) {
+                bail!("expected every receiver to get {}, got: {l}", row.id);
+            }
+            let before = lat_ms.len();
+            for at in f {
+                let at: u64 = at.parse().context("a receive time")?;
+                let Some(d) = at.checked_sub(t0) else {
+                    bail!("a receive time before the post: the clock stepped back");
+                };
+                lat_ms.push(d as f64 / 1e6);
+            }
+            if lat_ms.len() - before != n {
+                bail!(
+                    "message {i}: {} receive times for {n} receivers",
+                    lat_ms.len() - before
+                );
+            }
+        }
+        Ok((lat_ms, post_ms, rss_after, child_rss_mb))
+    }
+    .await;
+    // Closing its stdin stops the receivers' process; it is killed if it lingers.
+    drop(stdin);
+    let stopped = Instant::now() + Duration::from_secs(30);
+    while child.try_wait()?.is_none() {
+        if Instant::now() > stopped {
+            child.kill()?;
+            child.wait()?;
+            break;
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(200), lines.recv()).await;
+    }
+    let _ = std::io::stderr().flush();
+    alice.shutdown().await;
+    relay.shutdown().await;
+    let (lat_ms, post_ms, rss_after, child_rss_mb) = result?;
+
+    let lat = summarize(&lat_ms);
+    let post = summarize(&post_ms);
+    header();
+    row(&format!("relay fan-out to {n} receivers"), "ms", &lat);
+    row("  of which the sender's post (fsync'd)", "ms", &post);
+    let per_conn_kb = (rss_after - rss_before) * 1024.0 / n as f64;
+    println!(
+        "relay process resident memory: {rss_before:.0} MB before, {rss_after:.0} MB with {n} idle connections: {per_conn_kb:.0} KB per connection"
+    );
+    println!(
+        "receivers' process resident memory: {child_rss_mb:.0} MB ({:.0} KB per receiver)",
+        child_rss_mb * 1024.0 / n as f64
+    );
+    println!(
+        "{}",
+        json!({
+            "bench": "relay",
+            "peers": n,
+            "messages": messages,
+            "fanout_delivery_ms": stat(&lat),
+            "sender_post_ms": stat(&post),
+            "relay_rss_mb_before": rss_before,
+            "relay_rss_mb_after": rss_after,
+            "relay_rss_kb_per_idle_connection": per_conn_kb,
+            "receivers_rss_mb": child_rss_mb,
+            "receivers": "light, in a second process: per member device an iroh endpoint (peer::net::Transport) and peer::sync::engine::Engine over in-memory documents; delivery = the message is in the receiver's bucket document; times on the machine's CLOCK_REALTIME, read by both processes",
+            "relay_process": "relay + the sender (alice, a full node)",
+            "targets": { "fanout_p99_ms_at_1000": 100 },
+        })
+    );
+    Ok(())
+}
+
+/// `flyt-bench relay-clients SETUP` (started by `relay`): the light receivers. Reads the setup
+/// file `relay` wrote, connects one receiver per device, and talks on stdout, one line each:
+/// `connected N`; `settled RSS_MB` once no receiver got a frame for 500 ms; then per message
+/// `got ID NS...` when every receiver holds it (each receiver's `clock_ns` time);
+/// `failed WHY` if a receiver fails. Stops when its stdin closes, or after an hour.
+fn relay_clients(args: &[String]) -> Result<()> {
+    let path = args.first().context("relay-clients needs its setup file")?;
+    let setup: serde_json::Value = serde_json::from_slice(&std::fs::read(path)?)?;
+    let text = |k: &str| setup[k].as_str().with_context(|| format!("setup: {k}"));
+    let list = |k: &str| -> Result<Vec<String>> {
+        Ok(setup[k]
+            .as_array()
+            .with_context(|| format!("setup: {k}"))?
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect())
+    };
+    let relay_id: crdt_model::DeviceId = text("relay")?.parse()?;
+    let relay = peer::net::PeerAddr::parse(relay_id, &list("relay_addrs")?);
+    let workspace: crdt_model::DocId = text("workspace")?.parse()?;
+    let workspace_bytes = hex::decode(text("workspace_doc")?)?;
+    let devices = list("devices")?
+        .iter()
+        .map(|d| {
+            let mut b = [0u8; 32];
+            hex::decode_to_slice(d, &mut b).map(|()| b)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    tests::fanout::raise_nofile().context("raising RLIMIT_NOFILE")?;
+    let view =
+        crdt_model::workspace::view(&automerge::Automerge::load(&workspace_bytes)?, workspace);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let run = clients_run(relay, workspace, workspace_bytes, view, devices);
+        match tokio::time::timeout(std::time::Duration::from_secs(3600), run).await {
+            Ok(r) => r,
+            Err(_) => bail!("the receivers ran for an hour: stopped"),
+        }
+    })
+}
+
+async fn clients_run(
+    relay: peer::net::PeerAddr,
+    workspace: crdt_model::DocId,
+    workspace_bytes: Vec<u8>,
+    view: crdt_model::workspace::WorkspaceView,
+    devices: Vec<[u8; 32]>,
+) -> Result<()> {
+    use std::collections::HashMap;
+    use std::io::Write;
+    use std::sync::Arc;
+    use std::time::Duration;
+    use tests::fanout::{Report, Shared, receiver};
+
+    let say = |line: String| -> Result<()> {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{line}")?;
+        out.flush()?;
+        Ok(())
+    };
+    let n = devices.len();
+    let (reports, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let shared = Arc::new(Shared {
+        relay,
+        workspace,
+        workspace_bytes,
+        view,
+        verified: Default::default(),
+        activity: tokio::sync::Notify::new(),
+        reports,
+        cancel: tokio_util::sync::CancellationToken::new(),
+    });
+    // The bench closes our stdin to stop us (or dies, which closes it too).
+    std::thread::spawn({
+        let cancel = shared.cancel.clone();
+        move || {
+            let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+            cancel.cancel();
+        }
+    });
+    let mut tasks = tokio::task::JoinSet::new();
+    let result = async {
+        // Dial in waves: at most 64 handshakes at a time (the relay refuses beyond 256).
+        let (mut connected, mut started) = (0, 0);
+        let mut devices = devices.into_iter();
+        while connected < n {
+            while started - connected < 64
+                && let Some(d) = devices.next()
+            {
+                tasks.spawn(receiver(d, shared.clone()));
+                started += 1;
+            }
+            match tokio::time::timeout(Duration::from_secs(120), rx.recv()).await {
+                Ok(Some(Report::Connected)) => connected += 1,
+                Ok(Some(Report::Failed(e))) => bail!("{e}"),
+                Ok(Some(Report::Got(..))) => {}
+                Ok(None) | Err(_) => bail!("{connected} of {n} receivers connected, then silence"),
+            }
+        }
+        say(format!("connected {n}"))?;
+        let settle = Instant::now() + Duration::from_secs(300);
+        while tokio::time::timeout(Duration::from_millis(500), shared.activity.notified())
+            .await
+            .is_ok()
+        {
+            if Instant::now() > settle {
+                bail!("the receivers' connect-time sync did not settle in 300 s");
+            }
+        }
+        if let Ok(Report::Failed(e)) = rx.try_recv() {
+            bail!("{e}");
+        }
+        say(format!("settled {:.1}", proc_status_mb("VmRSS:")))?;
+        let mut got: HashMap<crdt_model::MessageId, Vec<u64>> = HashMap::new();
+        loop {
+            let report = tokio::select! {
+                _ = shared.cancel.cancelled() => return Ok(()),
+                r = rx.recv() => r,
+            };
+            match report {
+                Some(Report::Got(id, at)) => {
+                    let times = got.entry(id).or_default();
+                    times.push(at);
+                    if times.len() == n {
+                        let times: Vec<String> = times.iter().map(u64::to_string).collect();
+                        say(format!("got {id} {}", times.join(" ")))?;
+                        got.remove(&id);
+                    }
+                }
+                Some(Report::Failed(e)) => bail!("{e}"),
+                Some(Report::Connected) => {}
+                None => bail!("every receiver stopped"),
+            }
+        }
+    }
+    .await;
+    if let Err(e) = &result {
+        // The bench reads this line; our exit status says the same.
+        let _ = say(format!("failed {e:#}"));
+    }
+    shared.cancel.cancel();
+    while tasks.join_next().await.is_some() {}
+    result
 }
 
 /// Signed posts as a relay would receive them: one document chunk per message, 1,000 messages
