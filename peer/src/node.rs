@@ -234,6 +234,10 @@ struct Presences {
     last_beat: std::time::Instant,
     /// device -> (person, state, when last heard)
     seen: HashMap<DeviceId, (PersonId, Presence, std::time::Instant)>,
+    /// Connected peers that have been told our presence since their connection came up. One
+    /// that could not be yet (it connected to join, before we held a workspace in common) is
+    /// told as soon as it can, not at the next heartbeat.
+    told: std::collections::HashSet<DeviceId>,
 }
 
 impl Presences {
@@ -378,6 +382,7 @@ fn store_thread(
         mine: Presence::Online,
         last_beat: std::time::Instant::now(),
         seen: HashMap::new(),
+        told: std::collections::HashSet::new(),
     };
     // Relays of our workspaces already being kept connected.
     let mut relays: std::collections::HashSet<DeviceId> = std::collections::HashSet::new();
@@ -471,8 +476,12 @@ fn store_thread(
                 if conns.live.contains_key(&peer) {
                     publish(&shared, &conns, &presences);
                     let _ = events.send(NodeEvent::PeerUp(peer));
+                    presences.told.remove(&peer);
                     match store.presence_frames(presences.mine, &[peer]) {
-                        Ok(frames) => frames.into_iter().for_each(|(p, f)| conns.send(&p, f)),
+                        Ok(frames) => frames.into_iter().for_each(|(p, f)| {
+                            presences.told.insert(p);
+                            conns.send(&p, f)
+                        }),
                         Err(e) => warn!("presence for a new peer failed: {e:#}"),
                     }
                     mesh.tell(&mut store, &conns, peer);
@@ -525,6 +534,7 @@ fn store_thread(
                 if conns.live.get(&peer).is_some_and(|(id, _)| *id == conn_id) {
                     conns.live.remove(&peer);
                     mesh.told.remove(&peer);
+                    presences.told.remove(&peer);
                     mesh.dirty = true;
                 }
                 conns.save_last_sync(&store, &peer);
@@ -648,8 +658,20 @@ fn store_thread(
                 if std::mem::take(&mut mesh.dirty) {
                     mesh.keep(&mut store, &conns, &lan, &dial);
                     let connected: Vec<DeviceId> = conns.live.keys().copied().collect();
-                    for peer in connected {
-                        mesh.tell(&mut store, &conns, peer);
+                    for peer in &connected {
+                        mesh.tell(&mut store, &conns, *peer);
+                    }
+                    // Peers that could not be told our presence when they connected.
+                    let untold: Vec<DeviceId> = connected
+                        .into_iter()
+                        .filter(|p| !presences.told.contains(p) && !relays.contains(p))
+                        .collect();
+                    match store.presence_frames(presences.mine, &untold) {
+                        Ok(frames) => frames.into_iter().for_each(|(p, f)| {
+                            presences.told.insert(p);
+                            conns.send(&p, f)
+                        }),
+                        Err(e) => warn!("presence for a newly joined peer failed: {e:#}"),
                     }
                 }
                 // LAN nodes that have become members' devices since they were found.
@@ -1133,6 +1155,7 @@ impl Dialer {
                         None => return,
                         Some(Ok(conn)) => {
                             let side = Side::Dial;
+                            let began = tokio::time::Instant::now();
                             match serve_conn(conn, cmd.clone(), side, cancel.child_token()).await {
                                 Err(NodeError::Refused(why)) => {
                                     warn!("peer refused us: {why}");
@@ -1140,7 +1163,14 @@ impl Dialer {
                                 }
                                 _ => debug!("connection ended"),
                             }
-                            pause = policy.after_connection;
+                            // A connection closed as soon as it came up (the peer's policy
+                            // refuses us: we were removed, or it was) backs off like a failed
+                            // dial, rather than redialling ten times a second.
+                            pause = if began.elapsed() < SHORT_LIVED {
+                                next.max(policy.after_connection)
+                            } else {
+                                policy.after_connection
+                            };
                         }
                         Some(Err(e)) => {
                             debug!("dial failed: {e:#}");
@@ -1153,6 +1183,9 @@ impl Dialer {
         );
     }
 }
+
+/// A kept connection that ends sooner than this after it came up counts as a failed dial.
+const SHORT_LIVED: Duration = Duration::from_secs(2);
 
 /// How [`Dialer::keep`] redials.
 struct Redial {
@@ -1392,6 +1425,7 @@ mod tests {
             mine: Presence::Online,
             last_beat: Instant::now(),
             seen: HashMap::new(),
+            told: std::collections::HashSet::new(),
         };
         let (quiet, chatty, left) = (DeviceId([1; 32]), DeviceId([2; 32]), DeviceId([3; 32]));
         let person = PersonId([9; 32]);
