@@ -915,7 +915,7 @@ impl Store {
     /// What to tell `peer` in a [`Frame::Peers`]: where this node listens and where the known
     /// peers it may learn of listen (devices of current members of a workspace both it and
     /// this device are current members of; never `peer` itself, never a relay). At most
-    /// [`MAX_PEER_ENTRIES`](crate::sync::protocol::MAX_PEER_ENTRIES) entries, this node first.
+    /// [`MAX_PEER_ENTRIES`] entries, this node first.
     pub fn peers_for(&mut self, peer: &DeviceId) -> Result<Vec<PeerEntry>, StoreError> {
         let me = self.identity()?.device_id();
         let may = self.shared_member_devices(&me, peer)?;
