@@ -515,6 +515,11 @@ impl Tx<'_> {
                         self.views.insert(doc, workspace::view(d, doc));
                         policy = true;
                     }
+                    // The engine passes a peer's workspace or channel change on only after
+                    // this re-check (it may remove someone).
+                    if meta.kind == "channel" {
+                        policy = true;
+                    }
                     handled.changes.push(DocChange {
                         doc,
                         chunk: if want_chunks {

@@ -5,7 +5,7 @@
 //! - **Only what the peer may see**: every document is checked against [`Host::may_share`] when
 //!   it is offered, requested or changed, and again on [`Event::PolicyChanged`]; a peer that
 //!   may not connect is closed before it learns anything; a document id the engine may not
-//!   hold never gets state allocated. A workspace change from a peer is passed on only after
+//!   hold never gets state allocated. A workspace or channel change from a peer is passed on only after
 //!   the host applied it, so a member it removes does not get it through us either.
 //! - **Newest first**: [`Host::offer`] lists documents in sync order (workspace and channel
 //!   documents, then buckets newest first), and the engine opens them in that order.
@@ -120,7 +120,7 @@ const MAX_DEFERRED: usize = 100_000;
 #[derive(Debug, Default)]
 pub struct Engine {
     peers: BTreeMap<DeviceId, Peer>,
-    /// Workspace documents a peer changed, not yet passed on to the other peers: who may see
+    /// Workspace and channel documents a peer changed, not yet passed on to the other peers: who may see
     /// what is read from them, so they go out only once the host applied the change (on the
     /// next event, [`Event::PolicyChanged`] first of all). With the peer they came from, unless
     /// several sent changes.
@@ -364,9 +364,13 @@ impl Engine {
         if !changed {
             return;
         }
-        // A workspace change may remove a member: tell nobody before the host applied it
+        // A workspace change may remove a member, a channel change (a private channel's or
+        // DM's member list) someone from that channel: tell nobody before the host applied it
         // (`Action::Changed`), so a removed member gets nothing of it either.
-        if matches!(host.doc_ref(doc), Some(DocRef::Workspace { .. })) {
+        if matches!(
+            host.doc_ref(doc),
+            Some(DocRef::Workspace { .. } | DocRef::Channel { .. } | DocRef::Dm { .. })
+        ) {
             self.held
                 .entry(doc)
                 .and_modify(|from| {

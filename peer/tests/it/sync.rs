@@ -317,6 +317,61 @@ fn a_removal_does_not_reach_the_removed_member_through_another() {
 }
 
 #[test]
+fn a_removal_from_a_private_channel_does_not_reach_the_removed_member_through_another() {
+    let (mut nodes, mut wire, ws, _) = alice_and_bob();
+    let carol = Node::new("carol");
+    let cert = carol.store.identity().unwrap().device_cert("laptop", 1);
+    nodes[0].store.admit(&cert, Role::Member).unwrap();
+    let mut carol = carol;
+    carol.store.expect_join(ws, nodes[0].device()).unwrap();
+    nodes.push(carol);
+    connect(&mut nodes, &mut wire, 0, 1);
+    connect(&mut nodes, &mut wire, 0, 2);
+    settle(&mut nodes, &mut wire);
+    connect(&mut nodes, &mut wire, 1, 2);
+    settle(&mut nodes, &mut wire);
+    let keys: Vec<String> = nodes[1..]
+        .iter()
+        .map(|n| n.store.identity().unwrap().person_id().to_string())
+        .collect();
+    let secret = nodes[0]
+        .store
+        .create_private_channel("secret", "", &keys)
+        .unwrap();
+    nodes[0]
+        .store
+        .post(secret, "for the three of us", None, None)
+        .unwrap();
+    local(&mut nodes, &mut wire, 0);
+    settle(&mut nodes, &mut wire);
+    for (i, n) in nodes.iter_mut().enumerate().skip(1) {
+        n.store.use_workspace(ws).unwrap();
+        assert_eq!(
+            n.store.read(secret, 10, None, None).unwrap().len(),
+            1,
+            "node {i}"
+        );
+    }
+    // Carol hears of Bob's removal from #secret from Alice while connected to Bob: she passes
+    // nothing of that channel on to him.
+    let before = wire.synced.len();
+    nodes[0].store.channel_kick(secret, &keys[0]).unwrap();
+    local(&mut nodes, &mut wire, 0);
+    settle(&mut nodes, &mut wire);
+    assert_eq!(nodes[2].store.channel_members(secret).unwrap().len(), 2);
+    let to_bob: Vec<_> = wire.synced[before..]
+        .iter()
+        .filter(|(_, to, _)| *to == 1)
+        .collect();
+    assert!(to_bob.is_empty(), "sent to bob: {to_bob:?}");
+    assert_eq!(
+        nodes[1].store.channel_members(secret).unwrap().len(),
+        3,
+        "bob got nothing of it"
+    );
+}
+
+#[test]
 fn an_inviter_removed_after_the_join_gets_nothing_from_the_joiner() {
     // Alice owns acme and makes Carol an admin; Carol admits Dave, who joins through her.
     let mut alice = Node::new("alice");
