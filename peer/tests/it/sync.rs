@@ -276,14 +276,13 @@ fn a_removed_member_gets_nothing_new() {
     assert_eq!(members, vec!["alice".to_string()]);
 }
 
-#[test]
-fn a_removal_does_not_reach_the_removed_member_through_another() {
+/// Alice, Bob and Carol (admitted by Alice), each connected to both others and in sync.
+fn alice_bob_and_carol_connected() -> (Vec<Node>, Wire, DocId) {
     let (mut nodes, mut wire, ws, _) = alice_and_bob();
-    let carol = Node::new("carol");
+    let mut carol = Node::new("carol");
     let cert = carol.store.identity().unwrap().device_cert("laptop", 1);
     nodes[0].store.admit(&cert, Role::Member).unwrap();
     nodes[0].store.take_local_changes();
-    let mut carol = carol;
     carol.store.expect_join(ws, nodes[0].device()).unwrap();
     nodes.push(carol);
     connect(&mut nodes, &mut wire, 0, 1);
@@ -291,6 +290,12 @@ fn a_removal_does_not_reach_the_removed_member_through_another() {
     settle(&mut nodes, &mut wire);
     connect(&mut nodes, &mut wire, 1, 2);
     settle(&mut nodes, &mut wire);
+    (nodes, wire, ws)
+}
+
+#[test]
+fn a_removal_does_not_reach_the_removed_member_through_another() {
+    let (mut nodes, mut wire, ws) = alice_bob_and_carol_connected();
     for (i, n) in nodes.iter_mut().enumerate().skip(1) {
         n.store.use_workspace(ws).unwrap();
         assert_eq!(n.store.members().unwrap().len(), 3, "node {i}");
@@ -318,18 +323,7 @@ fn a_removal_does_not_reach_the_removed_member_through_another() {
 
 #[test]
 fn a_removal_from_a_private_channel_does_not_reach_the_removed_member_through_another() {
-    let (mut nodes, mut wire, ws, _) = alice_and_bob();
-    let carol = Node::new("carol");
-    let cert = carol.store.identity().unwrap().device_cert("laptop", 1);
-    nodes[0].store.admit(&cert, Role::Member).unwrap();
-    let mut carol = carol;
-    carol.store.expect_join(ws, nodes[0].device()).unwrap();
-    nodes.push(carol);
-    connect(&mut nodes, &mut wire, 0, 1);
-    connect(&mut nodes, &mut wire, 0, 2);
-    settle(&mut nodes, &mut wire);
-    connect(&mut nodes, &mut wire, 1, 2);
-    settle(&mut nodes, &mut wire);
+    let (mut nodes, mut wire, ws) = alice_bob_and_carol_connected();
     let keys: Vec<String> = nodes[1..]
         .iter()
         .map(|n| n.store.identity().unwrap().person_id().to_string())
