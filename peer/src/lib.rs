@@ -887,6 +887,12 @@ impl Writer<'_> {
                 return Err(e.into());
             }
         };
+        // Nothing new (a bucket already listed, no text to purge): nothing to store, project
+        // or tell peers. A channel or workspace document marked changed costs every peer a
+        // policy re-check over every document.
+        if doc.get_heads() == before {
+            return Ok(r);
+        }
         self.changed.push(id);
         docs::persist(self.tx, self.cache, id, &before)?;
         Ok(r)

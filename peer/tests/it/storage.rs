@@ -313,3 +313,59 @@ fn missing_chunk_is_a_clear_error() {
          WHERE seq = (SELECT seq FROM doc_chunks WHERE doc = ?1 ORDER BY seq LIMIT 1 OFFSET 2)",
     );
 }
+
+/// A post into a bucket the channel already lists changes the bucket only: the channel
+/// document is neither rewritten nor reported as changed (a channel change makes a node
+/// re-check every peer against every document before it sends).
+#[test]
+fn a_post_into_a_listed_bucket_changes_only_the_bucket() {
+    let (home, mut s, ch) = setup();
+    s.post(ch, "first", None, None).expect("post");
+    let first = s.take_local_changes();
+    assert!(first.contains(&ch), "the first post lists its bucket: {first:?}");
+    let chunks = |ch: crdt_model::DocId| {
+        home.raw()
+            .query_row(
+                "SELECT count(*) FROM doc_chunks WHERE doc = ?1",
+                [ch.to_string()],
+                |r| r.get::<_, i64>(0),
+            )
+            .expect("count")
+    };
+    let before = chunks(ch);
+    s.post(ch, "second", None, None).expect("post");
+    let second = s.take_local_changes();
+    assert_eq!(second.len(), 1, "only the bucket changed: {second:?}");
+    assert!(!second.contains(&ch));
+    assert_eq!(chunks(ch), before, "nothing was appended to the channel document");
+    assert_eq!(s.read(ch, 10, None, None).expect("read").len(), 2);
+}
+
+/// Cached statements keep their plan across bindings: SQLite would otherwise recompile a
+/// range query (and joins that carry a parameter) on every new value, on every message.
+#[test]
+fn cached_statements_are_not_recompiled_for_new_values() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let conn = peer::schema::open(&dir.path().join("flyt.db")).expect("open");
+    let queries = [
+        "SELECT seq, snapshot, data FROM doc_chunks WHERE doc = ?1 AND seq > ?2 ORDER BY seq",
+        "SELECT d.person FROM devices d JOIN members m
+           ON m.workspace = d.workspace AND m.person = d.person
+         WHERE d.workspace = ?1 AND d.device = ?2 AND m.role != 'removed'",
+    ];
+    for sql in queries {
+        for i in 0..5i64 {
+            let mut stmt = conn.prepare_cached(sql).expect("prepare");
+            let rows = stmt
+                .query_map(rusqlite::params![format!("doc {i}"), i], |_| Ok(()))
+                .expect("query")
+                .count();
+            assert_eq!(rows, 0);
+            assert_eq!(
+                stmt.get_status(rusqlite::StatementStatus::RePrepare),
+                0,
+                "recompiled: {sql}"
+            );
+        }
+    }
+}
