@@ -160,6 +160,11 @@ impl SqliteArchive {
             conn.pragma_update(None, "journal_mode", "WAL")?;
             conn.pragma_update(None, "synchronous", "FULL")?;
             conn.busy_timeout(std::time::Duration::from_secs(5))?;
+            // Stable query plans: see `peer::schema::stable_plans`.
+            conn.set_db_config(
+                rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+                true,
+            )?;
             migrate(&mut conn)?;
             Ok(conn)
         })
