@@ -188,7 +188,7 @@ pub enum Request {
     Status,
     /// Tells the members who may see a channel that I am typing there (send again every few
     /// seconds while typing; each shows for about 5 s). Answers `{ sent_to }`, the number of
-    /// devices told.
+    /// connections told (a relay, which passes a public channel's note on, counts as one).
     Typing {
         /// Channel id or name.
         channel: String,

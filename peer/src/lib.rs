@@ -32,7 +32,9 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 pub use docs::DocMeta;
 pub use query::{Author, ChannelRow, DeviceRow, MemberRow, MessageRow, WorkspaceRow};
-pub use replica::{EPHEMERAL_MAX_AGE_MS, Linked, Note, Outgoing, PeerStatus, Status};
+pub use replica::{
+    EPHEMERAL_MAX_AGE_MS, Linked, Note, Outgoing, PeerStatus, Status, note_is_recent,
+};
 
 use docs::DocCache;
 

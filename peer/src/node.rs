@@ -74,7 +74,8 @@ pub enum NodeEvent {
     PeerUp(DeviceId),
     /// A peer's connection ended.
     PeerDown(DeviceId),
-    /// A member is typing in a channel (a checked ephemeral note; shown for [`TYPING_TTL`]).
+    /// A member is typing in a channel (a checked ephemeral note, directly or through a relay,
+    /// each note once; shown for [`TYPING_TTL`]).
     Typing {
         /// The channel.
         channel: DocId,
@@ -85,8 +86,8 @@ pub enum NodeEvent {
         /// When they sent it, ms.
         at_ms: i64,
     },
-    /// A member device's presence changed (a heartbeat said so, it disconnected, or its
-    /// heartbeats stopped for [`PRESENCE_TIMEOUT`]).
+    /// A member device's presence changed (a heartbeat said so, directly or through a relay;
+    /// its direct connection ended; or its heartbeats stopped for [`PRESENCE_TIMEOUT`]).
     Presence {
         /// Who.
         person: PersonId,
@@ -282,6 +283,32 @@ impl Presences {
     }
 }
 
+/// What makes two ephemeral notes the same note: the workspace, the signing device, what it
+/// says (the typing channel, the presence state) and when it was sent.
+type NoteKey = (DocId, DeviceId, Option<DocId>, Option<Presence>, i64);
+
+/// Ephemeral notes already shown, on the store thread. With a relay and a direct connection
+/// to the same device, each of its notes arrives twice; observers see it once.
+#[derive(Default)]
+struct Heard(std::collections::HashSet<NoteKey>);
+
+impl Heard {
+    /// Whether `n` is heard for the first time (it is remembered).
+    fn first(&mut self, n: &crate::Note) -> bool {
+        let (channel, state) = match n.kind {
+            EphemeralKind::Typing { channel } => (Some(channel), None),
+            EphemeralKind::Presence { state } => (None, Some(state)),
+        };
+        self.0
+            .insert((n.workspace, n.device, channel, state, n.at_ms))
+    }
+
+    /// Forgets notes that could not arrive again: they would be refused as stale.
+    fn prune(&mut self, now_ms: i64) {
+        self.0.retain(|k| crate::note_is_recent(k.4, now_ms));
+    }
+}
+
 /// Address exchange on the store thread (issue 3): peers tell each other where their
 /// workspaces' members' devices listen ([`Frame::Peers`]), and this node keeps a connection to
 /// the known peers it should, so members reach each other with their inviter offline.
@@ -384,6 +411,7 @@ fn store_thread(
         seen: HashMap::new(),
         told: std::collections::HashSet::new(),
     };
+    let mut heard = Heard::default();
     // Relays of our workspaces already being kept connected.
     let mut relays: std::collections::HashSet<DeviceId> = std::collections::HashSet::new();
     // Members' devices found on the LAN and being kept connected; nodes found there that are
@@ -454,7 +482,9 @@ fn store_thread(
             },
             Err(mpsc::error::TryRecvError::Disconnected) => break,
         };
-        if !matches!(cmd, Cmd::Tick) {
+        // Notes (typing, presence heartbeats) cost no storage work: with many members they
+        // would otherwise leave no tick idle for upkeep.
+        if !matches!(cmd, Cmd::Tick | Cmd::Frame(_, _, Frame::Ephemeral { .. })) {
             busy = true;
         }
         match cmd {
@@ -496,7 +526,7 @@ fn store_thread(
             }
             Cmd::Frame(peer, _, Frame::Ephemeral { signed }) => {
                 match store.check_ephemeral(peer, &signed) {
-                    Ok(note) => {
+                    Ok(Some(note)) if heard.first(&note) => {
                         let ev = match note.kind {
                             EphemeralKind::Typing { channel } => Some(NodeEvent::Typing {
                                 channel,
@@ -513,6 +543,9 @@ fn store_thread(
                             let _ = events.send(ev);
                         }
                     }
+                    // Our own note echoed by a relay, or one heard already (directly and
+                    // through a relay).
+                    Ok(_) => {}
                     Err(e) => debug!(%peer, "dropped an ephemeral note: {e}"),
                 }
             }
@@ -627,6 +660,7 @@ fn store_thread(
             Cmd::Tick => {
                 if presences.last_beat.elapsed() >= HEARTBEAT {
                     presences.last_beat = std::time::Instant::now();
+                    heard.prune(crate::now_ms());
                     let connected: Vec<DeviceId> = conns.live.keys().copied().collect();
                     match store.presence_frames(presences.mine, &connected) {
                         Ok(frames) => frames.into_iter().for_each(|(p, f)| conns.send(&p, f)),
@@ -661,10 +695,11 @@ fn store_thread(
                     for peer in &connected {
                         mesh.tell(&mut store, &conns, *peer);
                     }
-                    // Peers that could not be told our presence when they connected.
+                    // Peers that could not be told our presence when they connected (relays
+                    // included: they pass it on to members connected to them).
                     let untold: Vec<DeviceId> = connected
                         .into_iter()
-                        .filter(|p| !presences.told.contains(p) && !relays.contains(p))
+                        .filter(|p| !presences.told.contains(p))
                         .collect();
                     match store.presence_frames(presences.mine, &untold) {
                         Ok(frames) => frames.into_iter().for_each(|(p, f)| {
@@ -897,8 +932,9 @@ impl Node {
         self.shared.lock().expect("shared lock").presence.clone()
     }
 
-    /// Tells the connected members' devices that may see `channel` that I am typing there;
-    /// returns to how many devices it went. Nothing is stored.
+    /// Tells the connected members' devices that may see `channel` that I am typing there, and
+    /// (public channels) the connected relays, which pass it on; returns to how many
+    /// connections it went. Nothing is stored.
     pub async fn typing(&self, channel: DocId) -> Result<usize, NodeError> {
         let (reply, rx) = oneshot::channel();
         self.cmd

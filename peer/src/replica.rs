@@ -1139,6 +1139,12 @@ impl Store {
 /// An ephemeral note older (or further in the future) than this is dropped as stale.
 pub const EPHEMERAL_MAX_AGE_MS: i64 = 30_000;
 
+/// Whether an ephemeral note sent at `at_ms` is recent at `now_ms`: within
+/// [`EPHEMERAL_MAX_AGE_MS`] either way. Nodes and relays drop the others as stale.
+pub fn note_is_recent(at_ms: i64, now_ms: i64) -> bool {
+    now_ms.abs_diff(at_ms) <= EPHEMERAL_MAX_AGE_MS.unsigned_abs()
+}
+
 /// An ephemeral note from a peer that checked out: signed by `device`, a current member device
 /// of `person` in `workspace`, recent, and (typing) about a channel that person may see.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1157,10 +1163,16 @@ pub struct Note {
 
 impl Writer<'_> {
     /// Whether ephemeral notes about `channel` (or, without one, about workspace `ws`) may go to
-    /// `peer`: a current member's device that may see the channel. Relays get none.
+    /// `peer`: a current member's device that may see the channel, or a relay `ws` lists, which
+    /// passes presence and typing in public channels on to the members connected to it (never
+    /// private channels' or DMs': those do not go through relays).
     fn may_hear(&mut self, peer: &DeviceId, ws: DocId, channel: Option<DocId>) -> bool {
         if self.member_person(ws, peer).is_none() {
-            return false;
+            return self.is_relay(ws, peer)
+                && channel.is_none_or(|ch| {
+                    self.doc_row(ch).is_some_and(|row| row.workspace == ws)
+                        && !self.channel_restricted(ch)
+                });
         }
         match channel {
             None => true,
@@ -1242,28 +1254,45 @@ impl Store {
     }
 
     /// Checks an ephemeral note `from` a connected peer: the signature, that the signer is that
-    /// peer and a current member device of the person it names, that it is recent, and for
-    /// typing that the person may see the channel. Whatever fails is refused with the reason.
-    pub fn check_ephemeral(&mut self, from: DeviceId, signed: &[u8]) -> Result<Note, StoreError> {
+    /// peer (or, `from` being a relay of the note's workspace, any device: a relay passes its
+    /// members' notes on) and a current member device of the person it names, that it is
+    /// recent, and for typing that the person may see the channel (and, through a relay, that
+    /// the relay may hear of it: a public channel). Whatever fails is refused with the reason;
+    /// `Ok(None)` is our own note, which a relay may echo back: ignore it.
+    pub fn check_ephemeral(
+        &mut self,
+        from: DeviceId,
+        signed: &[u8],
+    ) -> Result<Option<Note>, StoreError> {
         use crdt_model::ModelError;
         let s = Signed::<crdt_model::signed::Ephemeral>::decode(signed)?;
-        if s.device() != from {
-            return Err(
-                ModelError::NotAllowed("an ephemeral note signed by another device").into(),
-            );
-        }
+        let signer = s.device();
         let n = s.payload;
-        if (now_ms() - n.at_ms).abs() > EPHEMERAL_MAX_AGE_MS {
-            return Err(ModelError::Malformed("a stale ephemeral note").into());
-        }
-        let person = n.person.to_string();
         let channel = match n.kind {
             crdt_model::signed::EphemeralKind::Typing { channel } => Some(channel),
             crdt_model::signed::EphemeralKind::Presence { .. } => None,
         };
+        // Another device's note comes only through a relay of its workspace that may hear it.
+        if signer != from
+            && !self.peek(|w| {
+                Ok(w.is_relay(n.workspace, &from) && w.may_hear(&from, n.workspace, channel))
+            })?
+        {
+            return Err(ModelError::NotAllowed(
+                "an ephemeral note signed by another device, not passed on by a relay of its workspace",
+            )
+            .into());
+        }
+        if signer == self.identity()?.device_id() {
+            return Ok(None);
+        }
+        if !note_is_recent(n.at_ms, now_ms()) {
+            return Err(ModelError::Malformed("a stale ephemeral note").into());
+        }
+        let person = n.person.to_string();
         let ok = self.peek(|w| {
-            Ok(w.member_person(n.workspace, &from) == Some(person)
-                && w.may_hear(&from, n.workspace, channel))
+            Ok(w.member_person(n.workspace, &signer) == Some(person)
+                && w.may_hear(&signer, n.workspace, channel))
         })?;
         if !ok {
             return Err(ModelError::NotAllowed(
@@ -1271,13 +1300,13 @@ impl Store {
             )
             .into());
         }
-        Ok(Note {
+        Ok(Some(Note {
             workspace: n.workspace,
             person: n.person,
-            device: from,
+            device: signer,
             kind: n.kind,
             at_ms: n.at_ms,
-        })
+        }))
     }
 
     /// How many documents synced with `peer` in `engine` are in sync, and how many behind.
@@ -1406,5 +1435,128 @@ mod tests {
             Ok(())
         })
         .unwrap();
+    }
+
+    /// A workspace owned by this store, with #general, a private #secret, a listed relay and a
+    /// member (bob) whose keys the test holds: (store, workspace, #general, #secret, relay, bob).
+    fn with_relay_and_bob(
+        dir: &std::path::Path,
+    ) -> (Store, DocId, DocId, DocId, DeviceId, crdt_model::Identity) {
+        let mut s = Store::open(&dir.join("flyt.db")).unwrap();
+        s.init("alice").unwrap();
+        let ws = s.create_workspace("w").unwrap();
+        let general = s.create_channel("general", "", false).unwrap();
+        let secret = s.create_private_channel("secret", "", &[]).unwrap();
+        let relay = crdt_model::Identity::from_secrets([1; 32], [2; 32], "relay").device_id();
+        s.add_relay("http://127.0.0.1:9", relay, vec![]).unwrap();
+        let bob = crdt_model::Identity::from_secrets([3; 32], [4; 32], "bob");
+        s.admit(&bob.device_cert("laptop", now_ms()), Role::Member)
+            .unwrap();
+        (s, ws, general, secret, relay, bob)
+    }
+
+    fn note(
+        by: &crdt_model::Identity,
+        ws: DocId,
+        kind: crdt_model::signed::EphemeralKind,
+    ) -> Vec<u8> {
+        let n = crdt_model::signed::Ephemeral {
+            workspace: ws,
+            person: by.person_id(),
+            kind,
+            at_ms: now_ms(),
+        };
+        Signed::sign(&by.device, n).to_bytes()
+    }
+
+    #[test]
+    fn a_relay_hears_presence_and_public_typing_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _ws, general, secret, relay, _bob) = with_relay_and_bob(dir.path());
+        assert_eq!(s.typing_frame(general, &[relay]).unwrap().1, vec![relay]);
+        assert!(s.typing_frame(secret, &[relay]).unwrap().1.is_empty());
+        let presence = s
+            .presence_frames(crdt_model::signed::Presence::Online, &[relay])
+            .unwrap();
+        assert_eq!(presence.len(), 1);
+        // A device that is neither a member's nor a listed relay hears nothing.
+        let stranger = crdt_model::Identity::from_secrets([5; 32], [6; 32], "x").device_id();
+        assert!(s.typing_frame(general, &[stranger]).unwrap().1.is_empty());
+        assert!(
+            s.presence_frames(crdt_model::signed::Presence::Online, &[stranger])
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_relay_passes_members_notes_on_and_nothing_else() {
+        use crdt_model::signed::{EphemeralKind, Presence};
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, ws, general, secret, relay, bob) = with_relay_and_bob(dir.path());
+        let typing = |ch| EphemeralKind::Typing { channel: ch };
+        let online = EphemeralKind::Presence {
+            state: Presence::Online,
+        };
+
+        // Bob's notes, passed on by the relay: accepted as bob's.
+        let got = s
+            .check_ephemeral(relay, &note(&bob, ws, typing(general)))
+            .unwrap()
+            .expect("a note from bob");
+        assert_eq!(got.device, bob.device_id());
+        assert_eq!(got.person, bob.person_id());
+        assert!(
+            s.check_ephemeral(relay, &note(&bob, ws, online))
+                .unwrap()
+                .is_some()
+        );
+
+        // Typing in a private channel never comes through a relay.
+        assert!(
+            s.check_ephemeral(relay, &note(&bob, ws, typing(secret)))
+                .is_err()
+        );
+        // A signer who is no member's device.
+        let stranger = crdt_model::Identity::from_secrets([5; 32], [6; 32], "x");
+        assert!(
+            s.check_ephemeral(relay, &note(&stranger, ws, online))
+                .is_err()
+        );
+        // Bob's genuine note passed on by a device that is not a relay.
+        assert!(
+            s.check_ephemeral(stranger.device_id(), &note(&bob, ws, online))
+                .is_err()
+        );
+        // A stale note, even through the relay.
+        let stale = Signed::sign(
+            &bob.device,
+            crdt_model::signed::Ephemeral {
+                workspace: ws,
+                person: bob.person_id(),
+                kind: online,
+                at_ms: now_ms() - EPHEMERAL_MAX_AGE_MS - 1_000,
+            },
+        )
+        .to_bytes();
+        assert!(s.check_ephemeral(relay, &stale).is_err());
+
+        // Our own note, echoed back by the relay: nothing to show, no error.
+        let me = s.identity().unwrap().clone();
+        assert_eq!(
+            s.check_ephemeral(relay, &note(&me, ws, online)).unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn a_note_is_recent_within_the_max_age_either_way() {
+        let now = 1_000_000;
+        assert!(note_is_recent(now, now));
+        assert!(note_is_recent(now - EPHEMERAL_MAX_AGE_MS, now));
+        assert!(note_is_recent(now + EPHEMERAL_MAX_AGE_MS, now));
+        assert!(!note_is_recent(now - EPHEMERAL_MAX_AGE_MS - 1, now));
+        assert!(!note_is_recent(now + EPHEMERAL_MAX_AGE_MS + 1, now));
+        assert!(!note_is_recent(i64::MIN, now));
     }
 }

@@ -36,6 +36,11 @@ pub struct Metrics {
     pub joins: AtomicU64,
     /// Sync events that failed in storage (rolled back).
     pub store_errors: AtomicU64,
+    /// Ephemeral notes (typing, presence) handed to members' sessions: one per recipient.
+    pub ephemeral_forwarded: AtomicU64,
+    /// Ephemeral notes refused: badly signed, not from their signer, not a member's, stale,
+    /// or typing in a channel that is not public.
+    pub ephemeral_refused: AtomicU64,
 }
 
 impl Metrics {
@@ -47,7 +52,7 @@ impl Metrics {
     /// Renders every metric in the Prometheus text format.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let rows: [(&str, &str, &str, &AtomicU64); 15] = [
+        let rows: [(&str, &str, &str, &AtomicU64); 17] = [
             (
                 "flyt_relay_connections",
                 "gauge",
@@ -137,6 +142,18 @@ impl Metrics {
                 "counter",
                 "Sync events that failed in storage.",
                 &self.store_errors,
+            ),
+            (
+                "flyt_relay_ephemeral_forwarded_total",
+                "counter",
+                "Typing and presence notes passed on (one per recipient).",
+                &self.ephemeral_forwarded,
+            ),
+            (
+                "flyt_relay_ephemeral_refused_total",
+                "counter",
+                "Typing and presence notes refused.",
+                &self.ephemeral_refused,
             ),
         ];
         for (name, kind, help, v) in rows {

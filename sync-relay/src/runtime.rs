@@ -6,6 +6,11 @@
 //! acknowledged), and its document changes reach the [`Archive`] then too. Connections talk
 //! to the store thread through a [`Session`], whichever framing they use.
 //!
+//! Typing and presence notes (`Frame::Ephemeral`) skip the engine and storage: the store
+//! thread checks each ([`RelayStore::check_ephemeral`]) and passes it on to the other member
+//! devices of its workspace connected now, only into send queues more than half free (a note
+//! may be dropped; sync never waits for one).
+//!
 //! Shutdown, in order: stop accepting (HTTP and iroh), drain connection tasks (each session's
 //! sync states are saved as it ends), close the endpoint, flush storage (the store thread
 //! saves what is left and checkpoints), then the archive.
@@ -16,6 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crdt_model::signed::EphemeralKind;
 use crdt_model::{DeviceId, DocId};
 use peer::StoreError;
 use peer::net::{Conn, NetError, Transport};
@@ -484,6 +490,7 @@ pub(crate) fn frame_size(f: &Frame) -> usize {
         Frame::Have { docs } => 8 + 48 * docs.len(),
         Frame::Join { ticket, cert } => 8 + ticket.len() + cert.len(),
         Frame::Refused { reason } => 8 + reason.len(),
+        Frame::Ephemeral { signed } => 8 + signed.len(),
         Frame::Peers { peers } => {
             8 + peers
                 .iter()
@@ -550,12 +557,33 @@ async fn serve_conn(conn: Conn, handle: RelayHandle, cancel: CancellationToken) 
 struct Live {
     /// peer -> (session id, frames to send)
     sessions: HashMap<DeviceId, (u64, mpsc::Sender<Frame>)>,
+    /// (workspace, device) -> the last presence note that connected device sent (when, bytes),
+    /// told to members' sessions as they come up so they need not wait for its next heartbeat.
+    presence: HashMap<(DocId, DeviceId), (i64, Vec<u8>)>,
+}
+
+impl Live {
+    /// Hands an ephemeral note to `to`'s session if its queue is more than half free. Notes are
+    /// droppable and sync is not: a note never blocks, never takes the room sync needs, and a
+    /// full queue drops the note rather than ending the session.
+    fn offer_note(&self, to: &DeviceId, signed: &[u8]) -> bool {
+        let Some((_, tx)) = self.sessions.get(to) else {
+            return false;
+        };
+        tx.capacity() * 2 > tx.max_capacity()
+            && tx
+                .try_send(Frame::Ephemeral {
+                    signed: signed.to_vec(),
+                })
+                .is_ok()
+    }
 }
 
 fn store_thread(mut store: RelayStore, mut rx: mpsc::UnboundedReceiver<Cmd>, h: RelayHandle) {
     let mut engine = Engine::new();
     let mut live = Live {
         sessions: HashMap::new(),
+        presence: HashMap::new(),
     };
     let (mut busy, mut dirty) = (false, false);
     let m = h.metrics.clone();
@@ -629,7 +657,9 @@ fn store_thread(mut store: RelayStore, mut rx: mpsc::UnboundedReceiver<Cmd>, h: 
             },
             Err(mpsc::error::TryRecvError::Disconnected) => break,
         };
-        if !matches!(cmd, Cmd::Upkeep) {
+        // Notes (typing, presence heartbeats) cost no storage work: with many members they
+        // would otherwise leave no interval idle for upkeep.
+        if !matches!(cmd, Cmd::Upkeep | Cmd::Frame(_, _, Frame::Ephemeral { .. })) {
             busy = true;
         }
         match cmd {
@@ -647,6 +677,20 @@ fn store_thread(mut store: RelayStore, mut rx: mpsc::UnboundedReceiver<Cmd>, h: 
                 run(&mut store, &mut engine, &mut live, Event::Connected(peer));
                 if live.sessions.contains_key(&peer) {
                     let _ = h.events.send(RelayEvent::PeerUp(peer));
+                    // Who else is around: the last presence of the members' devices connected.
+                    let now = peer::now_ms();
+                    let mut told = 0;
+                    for ((ws, from), (at, signed)) in &live.presence {
+                        if *from != peer
+                            && peer::note_is_recent(*at, now)
+                            && store.is_member(*ws, &peer)
+                            && store.is_member(*ws, from)
+                            && live.offer_note(&peer, signed)
+                        {
+                            told += 1;
+                        }
+                    }
+                    Metrics::add(&m.ephemeral_forwarded, told);
                 }
             }
             // A replaced session's frames belong to a session the engine has ended.
@@ -655,6 +699,28 @@ fn store_thread(mut store: RelayStore, mut rx: mpsc::UnboundedReceiver<Cmd>, h: 
                     .sessions
                     .get(&peer)
                     .is_none_or(|(id, _)| *id != session) => {}
+            // Typing and presence: checked, passed on to the other members' devices connected,
+            // never stored and never seen by the engine.
+            Cmd::Frame(peer, _, Frame::Ephemeral { signed }) => {
+                match store.check_ephemeral(&peer, &signed, peer::now_ms()) {
+                    Ok(note) => {
+                        let sent = store
+                            .member_devices(note.workspace)
+                            .iter()
+                            .filter(|to| **to != peer && live.offer_note(to, &signed))
+                            .count();
+                        Metrics::add(&m.ephemeral_forwarded, sent as u64);
+                        if let EphemeralKind::Presence { .. } = note.kind {
+                            live.presence
+                                .insert((note.workspace, peer), (note.at_ms, signed));
+                        }
+                    }
+                    Err(e) => {
+                        Metrics::add(&m.ephemeral_refused, 1);
+                        debug!(%peer, "refused an ephemeral note: {e}");
+                    }
+                }
+            }
             Cmd::Frame(peer, _, f) => {
                 dirty = true;
                 if let Frame::Sync { data, .. } = &f {
@@ -679,6 +745,9 @@ fn store_thread(mut store: RelayStore, mut rx: mpsc::UnboundedReceiver<Cmd>, h: 
                         Event::Disconnected(peer),
                     );
                 }
+                if !live.sessions.contains_key(&peer) {
+                    live.presence.retain(|(_, d), _| *d != peer);
+                }
                 let _ = h.events.send(RelayEvent::PeerDown(peer));
             }
             Cmd::Join { bytes, reply } => {
@@ -701,6 +770,9 @@ fn store_thread(mut store: RelayStore, mut rx: mpsc::UnboundedReceiver<Cmd>, h: 
             Cmd::Upkeep => {
                 m.workspaces
                     .store(store.served().len() as u64, Ordering::Relaxed);
+                let now = peer::now_ms();
+                live.presence
+                    .retain(|_, (at, _)| peer::note_is_recent(*at, now));
                 // A whole interval without work is idle time.
                 if !std::mem::take(&mut busy)
                     && std::mem::take(&mut dirty)

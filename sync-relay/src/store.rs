@@ -13,6 +13,10 @@
 //!   [`RelayStore::join`] (`POST /join`), which checks it lists this relay first. Channel and
 //!   bucket documents are taken only when the workspace lists them.
 //!
+//! Typing and presence notes are never stored: [`RelayStore::check_ephemeral`] checks one
+//! (signed by the sending device, a current member's of a served workspace, recent, typing only
+//! in a public channel) and [`RelayStore::member_devices`] says where it may go.
+//!
 //! Every policy input is re-read when a workspace document changes, and the engine re-checks
 //! every (peer, document) then ([`Event::PolicyChanged`]). The relay never authors a change:
 //! it only merges what peers send (and the deterministic first change every peer starts a
@@ -55,6 +59,29 @@ pub enum JoinError {
     /// Storage failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// Why the relay refused an ephemeral note (typing, presence) instead of passing it on.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NoteError {
+    /// Not a signed note, or its signature does not verify.
+    #[error("not a validly signed note: {0}")]
+    Malformed(#[from] crdt_model::ModelError),
+    /// Signed by another device than the one whose session sent it: the relay passes on only
+    /// notes from their own author.
+    #[error("signed by another device than the sender")]
+    NotTheSender,
+    /// The signer is not a current member's device of the person and served workspace it names.
+    #[error("not from a current member's device of a workspace this relay serves")]
+    NotAMember,
+    /// Older (or further in the future) than `peer::EPHEMERAL_MAX_AGE_MS`.
+    #[error("a stale note")]
+    Stale,
+    /// Typing in a channel that is not a listed public channel (private channels and DMs never
+    /// go through the relay).
+    #[error("typing in a channel that is not public")]
+    NotPublic,
 }
 
 /// What one sync event produced, after its transaction committed.
@@ -243,6 +270,67 @@ impl RelayStore {
                 && v.device_person(&t.payload.inviter)
                     .is_some_and(|p| v.role(&p).is_some_and(|r| r >= crdt_model::Role::Admin))
         })
+    }
+
+    /// Whether `device` belongs to a current member of `ws`, a workspace the relay serves.
+    pub fn is_member(&self, ws: DocId, device: &DeviceId) -> bool {
+        self.views
+            .get(&ws)
+            .filter(|v| serves(self.me, &self.allowed, &ws, v))
+            .is_some_and(|v| v.device_person(device).is_some_and(|p| v.is_member(&p)))
+    }
+
+    /// The devices of the current members of `ws` (none if the relay does not serve it): where
+    /// an ephemeral note about `ws` may go.
+    pub fn member_devices(&self, ws: DocId) -> Vec<DeviceId> {
+        let Some(v) = self
+            .views
+            .get(&ws)
+            .filter(|v| serves(self.me, &self.allowed, &ws, v))
+        else {
+            return Vec::new();
+        };
+        v.devices
+            .iter()
+            .filter(|(_, p)| v.is_member(p))
+            .map(|(d, _)| *d)
+            .collect()
+    }
+
+    /// Checks an ephemeral note (`Signed<Ephemeral>` bytes) that `from`'s session sent, at
+    /// `now_ms`, before the relay passes it on: the signature, that `from` signed it, that it
+    /// is a current member's device of the person it names in a workspace the relay serves,
+    /// that it is recent, and for typing that the channel is a listed public channel of that
+    /// workspace. Returns the note.
+    pub fn check_ephemeral(
+        &self,
+        from: &DeviceId,
+        signed: &[u8],
+        now_ms: i64,
+    ) -> Result<crdt_model::signed::Ephemeral, NoteError> {
+        use crdt_model::signed::{Ephemeral, EphemeralKind, Signed};
+        let s = Signed::<Ephemeral>::decode(signed)?;
+        if s.device() != *from {
+            return Err(NoteError::NotTheSender);
+        }
+        let n = s.payload;
+        let v = self
+            .views
+            .get(&n.workspace)
+            .filter(|v| serves(self.me, &self.allowed, &n.workspace, v))
+            .ok_or(NoteError::NotAMember)?;
+        if v.device_person(from) != Some(n.person) || !v.is_member(&n.person) {
+            return Err(NoteError::NotAMember);
+        }
+        if !peer::note_is_recent(n.at_ms, now_ms) {
+            return Err(NoteError::Stale);
+        }
+        if let EphemeralKind::Typing { channel } = n.kind
+            && v.channels.get(&channel).is_none_or(|l| l.info.private)
+        {
+            return Err(NoteError::NotPublic);
+        }
+        Ok(n)
     }
 
     /// Every document held, with its kind and place.

@@ -19,7 +19,8 @@
 //! `Unavailable` as `doc-unavailable`. The relay sends only documents the client asked about
 //! (a JS repo would otherwise create a handle for every document pushed to it): the first sync
 //! message of a document carries no changes, so nothing is lost by holding it back.
-//! `ephemeral`, `leave` and the remote-heads messages are accepted and not relayed. Malformed
+//! `ephemeral`, `leave` and the remote-heads messages are accepted and not relayed, and Flyt's
+//! own typing and presence notes are not sent to WebSocket clients. Malformed
 //! CBOR, text frames, a message before `join`, an unknown type or an oversized message get an
 //! `error` message (where the socket still works) and a closed connection.
 

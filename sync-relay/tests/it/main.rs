@@ -4,6 +4,7 @@
 mod app_api;
 mod archive;
 mod common;
+mod ephemeral;
 mod http;
 mod nat;
 mod sync;

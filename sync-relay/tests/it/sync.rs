@@ -14,9 +14,9 @@ use tokio::sync::broadcast;
 
 use crate::common::{LIMIT, config, request, start};
 
-const LOOPBACK: &str = "127.0.0.1:0";
+pub(crate) const LOOPBACK: &str = "127.0.0.1:0";
 
-async fn node(db: &std::path::Path) -> Node {
+pub(crate) async fn node(db: &std::path::Path) -> Node {
     Node::start(NodeConfig {
         db: db.to_owned(),
         bind: LOOPBACK.parse().unwrap(),
@@ -27,7 +27,7 @@ async fn node(db: &std::path::Path) -> Node {
 }
 
 /// Waits until `check` holds on the node's store, re-checking after every node event.
-async fn until<T: Send + 'static>(
+pub(crate) async fn until<T: Send + 'static>(
     node: &Node,
     events: &mut broadcast::Receiver<NodeEvent>,
     what: &str,
@@ -49,7 +49,7 @@ async fn until<T: Send + 'static>(
 }
 
 /// Waits until `check` holds on the relay's store, re-checking after every relay event.
-async fn relay_until(
+pub(crate) async fn relay_until(
     relay: &Relay,
     what: &str,
     check: impl Fn(&mut sync_relay::store::RelayStore) -> bool + Send + Clone + 'static,
@@ -70,7 +70,7 @@ async fn relay_until(
     }
 }
 
-fn addrs(a: &PeerAddr) -> Vec<String> {
+pub(crate) fn addrs(a: &PeerAddr) -> Vec<String> {
     a.addrs.iter().map(|a| a.to_string()).collect()
 }
 
@@ -90,39 +90,40 @@ fn free_udp() -> std::net::SocketAddr {
         .unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn store_and_forward_and_restart() {
-    let relay_dir = tempfile::tempdir().unwrap();
-    let mut cfg = config(relay_dir.path());
-    cfg.iroh_bind = free_udp();
-    let relay = start(cfg.clone()).await;
+/// Makes alice's home at `db` (workspace "acme" with #general), lists `relay` in the workspace
+/// and hands it the workspace (what `flyt relay add` does): (workspace, #general).
+pub(crate) async fn alice_adds_relay(db: &std::path::Path, relay: &Relay) -> (DocId, DocId) {
     let url = format!("http://{}", relay.http_addr());
-    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let (db_a, db_b) = (a.path().join("flyt.db"), b.path().join("flyt.db"));
+    let mut s = Store::open(db).unwrap();
+    s.init("alice").unwrap();
+    let ws = s.create_workspace("acme").unwrap();
+    let ch = s.create_channel("general", "", false).unwrap();
+    s.add_relay(&url, relay.peer_addr().id, addrs(&relay.peer_addr()))
+        .unwrap();
+    hand_over(relay, &mut s, ws).await;
+    (ws, ch)
+}
 
-    // Alice makes a workspace with history in two buckets, adds the relay (what `flyt relay
-    // add` does), and serves.
-    let (ws, ch) = {
-        let mut s = Store::open(&db_a).unwrap();
-        s.init("alice").unwrap();
-        let ws = s.create_workspace("acme").unwrap();
-        let ch = s.create_channel("general", "", false).unwrap();
-        s.add_relay(&url, relay.peer_addr().id, addrs(&relay.peer_addr()))
-            .unwrap();
-        let (status, body) = request(
-            relay.http_addr(),
-            "POST",
-            "/join",
-            &s.workspace_save(ws).unwrap(),
-        )
-        .await;
-        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
-        (ws, ch)
-    };
-    let alice = node(&db_a).await;
-    let mut ev_a = alice.subscribe();
+/// Hands `relay` the workspace document as `s` holds it (`POST /join`, what `flyt relay add`
+/// does); it must take it.
+pub(crate) async fn hand_over(relay: &Relay, s: &mut Store, ws: DocId) {
+    let (status, body) = request(
+        relay.http_addr(),
+        "POST",
+        "/join",
+        &s.workspace_save(ws).unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+}
 
-    // Bob joins by ticket while Alice is online, then goes offline.
+/// Bob's new home at `db` joins workspace `ws` by a ticket from `alice`'s running node (a
+/// direct connection to it) and waits until it has #general: bob's node and its events.
+pub(crate) async fn bob_joins(
+    alice: &Node,
+    db: &std::path::Path,
+    ws: DocId,
+) -> (Node, broadcast::Receiver<NodeEvent>) {
     let ticket = {
         let listen = addrs(&alice.addr());
         alice
@@ -131,14 +132,11 @@ async fn store_and_forward_and_restart() {
             .unwrap()
             .unwrap()
     };
-    {
-        let mut s = Store::open(&db_b).unwrap();
-        s.init("bob").unwrap();
-    }
-    let bob = node(&db_b).await;
-    let mut ev_b = bob.subscribe();
+    Store::open(db).unwrap().init("bob").unwrap();
+    let bob = node(db).await;
+    let mut events = bob.subscribe();
     bob.join(&ticket).await.unwrap();
-    until(&bob, &mut ev_b, "bob has #general", move |s| {
+    until(&bob, &mut events, "bob has #general", move |s| {
         s.use_workspace(ws).ok()?;
         s.channels()
             .ok()?
@@ -147,6 +145,25 @@ async fn store_and_forward_and_restart() {
             .then_some(())
     })
     .await;
+    (bob, events)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_and_forward_and_restart() {
+    let relay_dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(relay_dir.path());
+    cfg.iroh_bind = free_udp();
+    let relay = start(cfg.clone()).await;
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (db_a, db_b) = (a.path().join("flyt.db"), b.path().join("flyt.db"));
+
+    // Alice makes a workspace, adds the relay, and serves.
+    let (ws, ch) = alice_adds_relay(&db_a, &relay).await;
+    let alice = node(&db_a).await;
+    let mut ev_a = alice.subscribe();
+
+    // Bob joins by ticket while Alice is online, then goes offline.
+    let (bob, _) = bob_joins(&alice, &db_b, ws).await;
     bob.shutdown().await;
 
     // Alice posts while Bob is offline; the relay gets it all; Alice goes offline too.
@@ -215,22 +232,8 @@ async fn store_and_forward_and_restart() {
 async fn non_members_get_nothing_over_iroh() {
     let relay_dir = tempfile::tempdir().unwrap();
     let relay = start(config(relay_dir.path())).await;
-    let url = format!("http://{}", relay.http_addr());
     let a = tempfile::tempdir().unwrap();
-    let mut s = Store::open(&a.path().join("flyt.db")).unwrap();
-    s.init("alice").unwrap();
-    let ws = s.create_workspace("acme").unwrap();
-    s.create_channel("general", "", false).unwrap();
-    s.add_relay(&url, relay.peer_addr().id, addrs(&relay.peer_addr()))
-        .unwrap();
-    let (status, _) = request(
-        relay.http_addr(),
-        "POST",
-        "/join",
-        &s.workspace_save(ws).unwrap(),
-    )
-    .await;
-    assert_eq!(status, 200);
+    let (ws, _) = alice_adds_relay(&a.path().join("flyt.db"), &relay).await;
 
     // A device that is no member dials the relay and asks for everything it can name.
     let t = Transport::bind([42; 32], LOOPBACK.parse().unwrap())
@@ -277,9 +280,14 @@ async fn non_members_get_nothing_over_iroh() {
     relay.shutdown().await;
 }
 
+/// The member [`relay_with_member`] admits: a person whose device secret is `member`.
+pub(crate) fn member_identity(member: [u8; 32]) -> crdt_model::Identity {
+    crdt_model::Identity::from_secrets([7; 32], member, "mallory")
+}
+
 /// A relay serving a workspace with one member device whose secret is `member`; returns the
-/// relay and the workspace.
-async fn relay_with_member(
+/// relay and the workspace. The owner's home (alice) is `home/flyt.db`.
+pub(crate) async fn relay_with_member(
     dir: &std::path::Path,
     home: &std::path::Path,
     member: [u8; 32],
@@ -288,24 +296,13 @@ async fn relay_with_member(
     let mut cfg = config(dir);
     tune(&mut cfg);
     let relay = start(cfg).await;
-    let url = format!("http://{}", relay.http_addr());
-    let mut s = Store::open(&home.join("flyt.db")).unwrap();
-    s.init("alice").unwrap();
-    let ws = s.create_workspace("acme").unwrap();
-    s.create_channel("general", "", false).unwrap();
-    let mallory = crdt_model::Identity::from_secrets([7; 32], member, "mallory");
+    let db = home.join("flyt.db");
+    let (ws, _) = alice_adds_relay(&db, &relay).await;
+    let mut s = Store::open(&db).unwrap();
+    let mallory = member_identity(member);
     s.admit(&mallory.device_cert("laptop", peer::now_ms()), Role::Member)
         .unwrap();
-    s.add_relay(&url, relay.peer_addr().id, addrs(&relay.peer_addr()))
-        .unwrap();
-    let (status, _) = request(
-        relay.http_addr(),
-        "POST",
-        "/join",
-        &s.workspace_save(ws).unwrap(),
-    )
-    .await;
-    assert_eq!(status, 200);
+    hand_over(&relay, &mut s, ws).await;
     (relay, ws)
 }
 
@@ -338,7 +335,7 @@ async fn session(relay: &Relay, t: &Transport, frames: Vec<Frame>) -> Vec<Frame>
 }
 
 /// Dials the relay from `t` and says hello; returns the connection and the first answer.
-async fn greet(
+pub(crate) async fn greet(
     relay: &Relay,
     t: &Transport,
 ) -> (
@@ -356,7 +353,7 @@ async fn greet(
     (r, w, first)
 }
 
-fn hello() -> Frame {
+pub(crate) fn hello() -> Frame {
     Frame::Hello {
         version: PROTOCOL_VERSION,
         have: vec![],
