@@ -322,7 +322,10 @@ fn a_post_into_a_listed_bucket_changes_only_the_bucket() {
     let (home, mut s, ch) = setup();
     s.post(ch, "first", None, None).expect("post");
     let first = s.take_local_changes();
-    assert!(first.contains(&ch), "the first post lists its bucket: {first:?}");
+    assert!(
+        first.contains(&ch),
+        "the first post lists its bucket: {first:?}"
+    );
     let chunks = |ch: crdt_model::DocId| {
         home.raw()
             .query_row(
@@ -337,7 +340,11 @@ fn a_post_into_a_listed_bucket_changes_only_the_bucket() {
     let second = s.take_local_changes();
     assert_eq!(second.len(), 1, "only the bucket changed: {second:?}");
     assert!(!second.contains(&ch));
-    assert_eq!(chunks(ch), before, "nothing was appended to the channel document");
+    assert_eq!(
+        chunks(ch),
+        before,
+        "nothing was appended to the channel document"
+    );
     assert_eq!(s.read(ch, 10, None, None).expect("read").len(), 2);
 }
 
