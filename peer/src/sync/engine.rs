@@ -113,6 +113,10 @@ struct Peer {
     deferred: Vec<DocRef>,
 }
 
+/// Sync messages generated for one document during one event, by the state they were generated
+/// from: the state it left behind, and the encoded message (if any).
+type Generated = HashMap<sync::State, (sync::State, Option<Vec<u8>>)>;
+
 /// At most this many deferred offers per peer (a Hello is bounded by the frame size anyway).
 const MAX_DEFERRED: usize = 100_000;
 
@@ -225,6 +229,18 @@ impl Engine {
     /// Starts (or continues) syncing `doc` with `peer`: makes sure there is state and sends
     /// whatever the sync protocol wants to send next.
     fn open(&mut self, host: &mut impl Host, peer: DeviceId, doc: DocId, out: &mut Vec<Action>) {
+        self.open_memo(host, peer, doc, &mut Generated::default(), out);
+    }
+
+    /// [`Engine::open`], reusing what was generated for an earlier peer in the same state.
+    fn open_memo(
+        &mut self,
+        host: &mut impl Host,
+        peer: DeviceId,
+        doc: DocId,
+        memo: &mut Generated,
+        out: &mut Vec<Action>,
+    ) {
         let Some(p) = self.peers.get_mut(&peer) else {
             return;
         };
@@ -233,16 +249,21 @@ impl Engine {
                 .and_then(|b| sync::State::decode(&b).ok())
                 .unwrap_or_default()
         });
-        if let Some(d) = host.doc(doc)
-            && let Some(msg) = d.generate_sync_message(state)
-        {
-            out.push(Action::Send(
-                peer,
-                Frame::Sync {
-                    doc,
-                    data: msg.encode(),
-                },
-            ));
+        let data = match memo.get(state) {
+            Some((after, data)) => {
+                state.clone_from(after);
+                data.clone()
+            }
+            None => {
+                let Some(d) = host.doc(doc) else { return };
+                let before = state.clone();
+                let data = d.generate_sync_message(state).map(|m| m.encode());
+                memo.insert(before, (state.clone(), data.clone()));
+                data
+            }
+        };
+        if let Some(data) = data {
+            out.push(Action::Send(peer, Frame::Sync { doc, data }));
         }
     }
 
@@ -398,6 +419,10 @@ impl Engine {
             .copied()
             .filter(|id| Some(*id) != except)
             .collect();
+        // Peers that are in step with us are in the same sync state, and a sync message is a
+        // function of the document and the state: generate it once per distinct state, not once
+        // per peer (a relay fans one message out to every member's device).
+        let mut memo = Generated::default();
         for peer in peers {
             if !host.may_share(&peer, doc) {
                 continue;
@@ -411,7 +436,7 @@ impl Engine {
                     out.push(Action::Send(peer, Frame::Have { docs: vec![r] }));
                 }
             }
-            self.open(host, peer, doc, out);
+            self.open_memo(host, peer, doc, &mut memo, out);
         }
     }
 

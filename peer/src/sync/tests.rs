@@ -246,6 +246,16 @@ impl Net {
 
     /// Node `i` posts into the bucket of `day`, creating it (deterministically) if needed.
     fn post(&mut self, i: usize, day: i64, n: u32) -> bool {
+        let Some(bid) = self.write(i, day, n) else {
+            return false;
+        };
+        self.event(i, Event::LocalChange(vec![CH, bid]));
+        true
+    }
+
+    /// [`Net::post`] without telling the engine; the bucket written, if the node knows the
+    /// channel.
+    fn write(&mut self, i: usize, day: i64, n: u32) -> Option<DocId> {
         let node = &mut self.nodes[i];
         let key = BucketKey { day, part: 0 };
         let bid = bucket::bucket_id(CH, key);
@@ -255,7 +265,7 @@ impl Net {
             .get_mut(&CH)
             .filter(|(_, d)| channel::is_channel(d, CH))
         else {
-            return false; // does not know the channel (or its contents) yet
+            return None; // does not know the channel (or its contents) yet
         };
         channel::add_bucket(ch, key, day * 86_400_000).unwrap();
         let dref = DocRef::Bucket {
@@ -281,8 +291,7 @@ impl Net {
             thread_root: None,
         };
         bucket::post(doc, &node.who, post).unwrap();
-        self.event(i, Event::LocalChange(vec![CH, bid]));
-        true
+        Some(bid)
     }
 
     fn assert_converged(&self) {
@@ -358,6 +367,49 @@ fn live_changes_flow_both_ways_and_through_a_middle_node() {
     net.settle(&mut 2);
     net.assert_converged();
     assert_eq!(total_messages(&net, 0), 2);
+}
+
+#[test]
+fn a_hub_fans_out_to_peers_in_different_states() {
+    // A star, as with a relay: node 0 in the middle, 1 to 5 only talk to it.
+    let mut net = Net::new(6);
+    for k in 1..6 {
+        net.connect(0, k);
+    }
+    net.settle(&mut 11);
+    net.post(1, 0, 1);
+    net.settle(&mut 12);
+    // In step: every peer gets the same bytes for the hub's next change.
+    let bid = net.write(0, 0, 2).expect("the hub knows the channel");
+    let node = &mut net.nodes[0];
+    let actions = node
+        .engine
+        .handle(&mut node.host, Event::LocalChange(vec![bid]));
+    let sent: Vec<&Vec<u8>> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send(_, Frame::Sync { doc, data }) if *doc == bid => Some(data),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sent.len(), 5);
+    assert!(sent.iter().all(|d| *d == sent[0]));
+    net.run(0, actions);
+    // Out of step: one peer was away, others have messages in flight, one is mid-reply.
+    net.cut(0, 5);
+    net.post(2, 0, 3);
+    net.post(0, 0, 4);
+    net.step(0);
+    net.step(3);
+    net.connect(0, 5);
+    net.post(3, 0, 5);
+    net.step(1);
+    net.post(0, 0, 6);
+    net.settle(&mut 13);
+    net.assert_converged();
+    for k in 0..6 {
+        assert_eq!(total_messages(&net, k), 6, "node {k}");
+    }
 }
 
 #[test]
