@@ -166,13 +166,20 @@ impl Writer<'_> {
         };
         self.projected.extend(ids.iter().map(|id| (channel, *id)));
         let (w, c, b) = (ws.to_string(), channel.to_string(), bucket_id.to_string());
-        let mut upsert = tx.prepare_cached(
-            "INSERT INTO messages (id, channel, workspace, bucket, author, ts, text, mentions,
-                 reply_to, thread_root, edited_ms, deleted, verified)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
-             ON CONFLICT (id) DO UPDATE SET text = excluded.text, mentions = excluded.mentions,
-                 edited_ms = excluded.edited_ms, deleted = excluded.deleted,
-                 verified = excluded.verified",
+        // Rows are staged in a temporary table and upserted by one statement. Row by row, every
+        // upsert (a statement journal, for its trigger) made FTS5 flush its pending terms to a
+        // new segment and merge segments: a third of applying a synced bucket, in perf.
+        tx.execute_batch(
+            "CREATE TEMP TABLE IF NOT EXISTS projecting (
+                 id TEXT NOT NULL, author TEXT NOT NULL, ts INTEGER NOT NULL, text TEXT NOT NULL,
+                 mentions TEXT NOT NULL, reply_to TEXT, thread_root TEXT, edited_ms INTEGER,
+                 deleted INTEGER NOT NULL, verified INTEGER NOT NULL);
+             DELETE FROM temp.projecting;",
+        )?;
+        let mut stage = tx.prepare_cached(
+            "INSERT INTO temp.projecting (id, author, ts, text, mentions, reply_to, thread_root,
+                 edited_ms, deleted, verified)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         )?;
         let mut clear_reactions = tx.prepare_cached("DELETE FROM reactions WHERE message = ?1")?;
         let mut add_reaction = tx
@@ -187,11 +194,8 @@ impl Writer<'_> {
                 continue;
             };
             let mentions: Vec<String> = m.mentions.iter().map(|p| p.to_string()).collect();
-            upsert.execute(params![
+            stage.execute(params![
                 key,
-                c,
-                w,
-                b,
                 m.author.to_string(),
                 m.ts_ms,
                 m.text,
@@ -208,6 +212,20 @@ impl Writer<'_> {
                 }
             }
         }
+        // `WHERE true`: an upsert's SELECT needs a WHERE for SQLite to parse its ON CONFLICT.
+        tx.prepare_cached(
+            "INSERT INTO messages (id, channel, workspace, bucket, author, ts, text, mentions,
+                 reply_to, thread_root, edited_ms, deleted, verified)
+             SELECT id, ?1, ?2, ?3, author, ts, text, mentions, reply_to, thread_root, edited_ms,
+                 deleted, verified
+             FROM temp.projecting WHERE true ORDER BY rowid
+             ON CONFLICT (id) DO UPDATE SET text = excluded.text, mentions = excluded.mentions,
+                 edited_ms = excluded.edited_ms, deleted = excluded.deleted,
+                 verified = excluded.verified",
+        )?
+        .execute(params![c, w, b])?;
+        tx.prepare_cached("DELETE FROM temp.projecting")?
+            .execute([])?;
         Ok(())
     }
 }
