@@ -438,6 +438,39 @@ pub fn touched(patches: &[Patch]) -> BTreeSet<MessageId> {
     out
 }
 
+/// Of the messages a set of patches touched, those [`purge_deleted_text`] must look at: a
+/// deletion arrived for them, or a body arrived for a message that was there before (an edit
+/// that raced a deletion). A message new in these patches with no deletion among them has
+/// none, which is every message of a join without deletions: no lookups for those.
+pub fn purge_candidates(patches: &[Patch]) -> BTreeSet<MessageId> {
+    let (mut new, mut deleted, mut bodied) = (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
+    for p in patches {
+        let PatchAction::PutMap { key, .. } = &p.action else {
+            continue;
+        };
+        match p.path.as_slice() {
+            [] => {
+                if let Ok(id) = key.parse::<MessageId>() {
+                    new.insert(id);
+                }
+            }
+            [(_, Prop::Map(m))] => {
+                let Ok(id) = m.parse::<MessageId>() else {
+                    continue;
+                };
+                match key.as_str() {
+                    "d" => deleted.insert(id),
+                    "b" => bodied.insert(id),
+                    _ => false,
+                };
+            }
+            _ => {}
+        }
+    }
+    deleted.extend(bodied.difference(&new));
+    deleted
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -624,6 +657,47 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn purge_candidates_are_deletions_and_late_bodies_only() {
+        let (p, ws) = setup();
+        let mut a = new_bucket(&p[1]);
+        let kept = say(&mut a, &p[1], 1, "kept");
+        let gone = say(&mut a, &p[1], 2, "gone");
+        let raced = say(&mut a, &p[1], 3, "raced");
+        let start = a.get_heads();
+        delete(&mut a, &p[1], &ws, gone, 4).unwrap();
+        let deleted = a.get_heads();
+        // A join: every message is new; only the deleted one is a candidate.
+        assert_eq!(
+            purge_candidates(&a.diff(&[], &deleted)),
+            BTreeSet::from([gone])
+        );
+        // A deletion arriving live.
+        assert_eq!(
+            purge_candidates(&a.diff(&start, &deleted)),
+            BTreeSet::from([gone])
+        );
+        // New messages arriving live: none.
+        let fresh = say(&mut a, &p[1], 5, "fresh");
+        assert!(purge_candidates(&a.diff(&deleted, &a.get_heads())).is_empty());
+        assert_ne!(fresh, kept);
+        // An edit that raced a deletion arrives after it: its body is a candidate.
+        let mut admin = a.fork().with_actor(device_actor(&p[2].device_id()));
+        let before = admin.get_heads();
+        delete(&mut admin, &p[2], &ws, raced, 6).unwrap();
+        edit(&mut a, &p[1], raced, "raced v2".into(), vec![], 7).unwrap();
+        let deleted_only = admin.get_heads();
+        admin.merge(&mut a).unwrap();
+        let candidates = purge_candidates(&admin.diff(&deleted_only, &admin.get_heads()));
+        assert!(candidates.contains(&raced), "{candidates:?}");
+        assert!(
+            !purge_deleted_text(&mut admin, CH, &candidates, &ws, 8)
+                .unwrap()
+                .is_empty()
+        );
+        assert!(purge_candidates(&admin.diff(&before, &deleted_only)).contains(&raced));
     }
 
     #[test]

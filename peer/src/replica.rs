@@ -428,11 +428,17 @@ impl Writer<'_> {
                                 StoreError::Corrupt(format!("bucket {doc} has no channel"))
                             })?;
                             let mut touched = bucket::touched(&patches);
-                            let view = self.view(row.workspace)?;
-                            let at = now_ms();
-                            let purged = self.change(doc, |d| {
-                                bucket::purge_deleted_text(d, channel, &touched, &view, at)
-                            })?;
+                            let maybe = bucket::purge_candidates(&patches);
+                            let purged = match maybe.is_empty() {
+                                true => Vec::new(),
+                                false => {
+                                    let view = self.view(row.workspace)?;
+                                    let at = now_ms();
+                                    self.change(doc, |d| {
+                                        bucket::purge_deleted_text(d, channel, &maybe, &view, at)
+                                    })?
+                                }
+                            };
                             if !purged.is_empty() {
                                 local.push(doc);
                             }
