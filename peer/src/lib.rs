@@ -207,13 +207,27 @@ impl Store {
 
     /// The current workspace, if one is selected.
     pub fn current_workspace(&self) -> Result<Option<DocId>, StoreError> {
-        let v: Option<String> = self
+        Ok(self.meta("workspace")?.and_then(|s| s.parse().ok()))
+    }
+
+    /// A value of this home's settings (`meta`), if set.
+    pub(crate) fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
             .conn
-            .query_row("SELECT value FROM meta WHERE key = 'workspace'", [], |r| {
-                r.get(0)
-            })
-            .optional()?;
-        Ok(v.and_then(|s| s.parse().ok()))
+            .prepare_cached("SELECT value FROM meta WHERE key = ?1")?
+            .query_row([key], |r| r.get(0))
+            .optional()?)
+    }
+
+    /// Sets a value of this home's settings (`meta`).
+    pub(crate) fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            )?
+            .execute([key, value])?;
+        Ok(())
     }
 
     fn require_workspace(&self) -> Result<DocId, StoreError> {
@@ -222,12 +236,7 @@ impl Store {
 
     /// Makes `ws` the current workspace.
     pub fn use_workspace(&mut self, ws: DocId) -> Result<(), StoreError> {
-        self.conn.execute(
-            "INSERT INTO meta (key, value) VALUES ('workspace', ?1)
-             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            [ws.to_string()],
-        )?;
-        Ok(())
+        self.set_meta("workspace", &ws.to_string())
     }
 
     /// Runs `f` as one write transaction. On any error the transaction rolls back and every

@@ -792,11 +792,21 @@ impl Node {
         }
         relays.sort();
         relays.dedup();
-        let transport = Arc::new(if relays.is_empty() {
-            Transport::bind(secret, cfg.bind).await?
-        } else {
-            Transport::bind_relaying(secret, cfg.bind, &relays).await?
-        });
+        // Port 0 asks for any port: the one this home's node listened on last, while it is
+        // free. Peers keep dialling the address they learnt, and two nodes that both restart
+        // would otherwise know only each other's old ports.
+        let last = store.last_port()?.filter(|_| cfg.bind.port() == 0);
+        let transport = match last.map(|port| SocketAddr::new(cfg.bind.ip(), port)) {
+            Some(at) => match Box::pin(bind(secret, at, &relays)).await {
+                Ok(t) => t,
+                Err(e) => {
+                    debug!(%at, "the last port is not free, taking another: {e}");
+                    Box::pin(bind(secret, cfg.bind, &relays)).await?
+                }
+            },
+            None => Box::pin(bind(secret, cfg.bind, &relays)).await?,
+        };
+        let transport = Arc::new(transport);
         let found = match cfg.lan {
             true => Some(transport.enable_lan().await?),
             false => None,
@@ -916,8 +926,14 @@ impl Node {
         };
         // Record where we listen (for invite tickets and peers); the store thread's first tick
         // reconnects to the peers we know (`Mesh::keep`).
-        let listen: Vec<String> = node.addr().addrs.iter().map(|a| a.to_string()).collect();
-        node.call(move |s| s.set_listen_addrs(&listen)).await??;
+        let addrs = node.addr().addrs;
+        let port = addrs.first().map(|a| a.port());
+        let listen: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+        node.call(move |s| {
+            s.set_listen_addrs(&listen)?;
+            port.map_or(Ok(()), |p| s.set_last_port(p))
+        })
+        .await??;
         Ok(node)
     }
 
@@ -1076,6 +1092,14 @@ impl Node {
         if let Some(t) = self.store_thread.take() {
             let _ = tokio::task::spawn_blocking(move || t.join()).await;
         }
+    }
+}
+
+/// The node's endpoint on `at`, with iroh's relay transport only if there are `relays`.
+async fn bind(secret: [u8; 32], at: SocketAddr, relays: &[String]) -> Result<Transport, NetError> {
+    match relays.is_empty() {
+        true => Transport::bind(secret, at).await,
+        false => Transport::bind_relaying(secret, at, relays).await,
     }
 }
 

@@ -1073,23 +1073,28 @@ impl Store {
 
     /// Records where this home's running node listens (for invite tickets); empty when it stops.
     pub fn set_listen_addrs(&mut self, addrs: &[String]) -> Result<(), StoreError> {
-        self.conn.execute(
-            "INSERT INTO meta (key, value) VALUES ('listen', ?1)
-             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            [addrs.join(" ")],
-        )?;
-        Ok(())
+        self.set_meta("listen", &addrs.join(" "))
+    }
+
+    /// Records the UDP port this home's node listens on; kept after it stops, so the next start
+    /// asks for the same one ([`Store::last_port`]).
+    pub fn set_last_port(&mut self, port: u16) -> Result<(), StoreError> {
+        self.set_meta("port", &port.to_string())
+    }
+
+    /// The UDP port this home's node listened on last, if it ever ran.
+    pub fn last_port(&self) -> Result<Option<u16>, StoreError> {
+        Ok(self
+            .meta("port")?
+            .and_then(|p| p.parse().ok())
+            .filter(|p| *p != 0))
     }
 
     /// Where this home's node listens, if one is running (or ran and did not clear it).
     pub fn listen_addrs(&self) -> Result<Vec<String>, StoreError> {
-        let v: Option<String> = self
-            .conn
-            .query_row("SELECT value FROM meta WHERE key = 'listen'", [], |r| {
-                r.get(0)
-            })
-            .optional()?;
-        Ok(v.unwrap_or_default()
+        Ok(self
+            .meta("listen")?
+            .unwrap_or_default()
             .split_whitespace()
             .map(str::to_owned)
             .collect())

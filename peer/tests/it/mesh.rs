@@ -82,6 +82,54 @@ async fn members_reach_each_other_with_their_inviter_offline() {
     carol.shutdown().await;
 }
 
+/// A node asked for any port (`127.0.0.1:0`) takes the one its home listened on last: bob and
+/// carol, both restarted with alice's node gone, know only the addresses they learnt before,
+/// and still find each other and chat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_find_each_other_after_both_restart() {
+    let (mut team, ws) = acme().await;
+    let (carol_home, carol, carol_dev) = team.pop().unwrap();
+    let (bob_home, bob, bob_dev) = team.pop().unwrap();
+    let (_alice_home, alice, _) = team.pop().unwrap();
+    connected(&bob, carol_dev, "bob connected to carol").await;
+    let (bob_at, carol_at) = (bob.addr().addrs, carol.addr().addrs);
+    for node in [alice, bob, carol] {
+        node.shutdown().await;
+    }
+
+    let bob = start(&bob_home).await;
+    let carol = start(&carol_home).await;
+    assert_eq!(bob.addr().addrs, bob_at, "bob listens where he did");
+    assert_eq!(carol.addr().addrs, carol_at, "carol listens where she did");
+    connected(&bob, carol_dev, "bob reconnected to carol").await;
+    connected(&carol, bob_dev, "carol reconnected to bob").await;
+    posts_and_arrives(&carol, &bob, ws, "both restarted, bob").await;
+
+    // A port taken meanwhile: the node takes another, and says where it is.
+    carol.shutdown().await;
+    // iroh lets go of the socket a moment after the endpoint closed (see `REBIND_GRACE`).
+    let deadline = std::time::Instant::now() + peer::net::REBIND_GRACE * 2;
+    let squatter = loop {
+        match std::net::UdpSocket::bind(carol_at[0]) {
+            Ok(s) => break s,
+            Err(e) if std::time::Instant::now() < deadline => {
+                tracing::debug!("carol's port is not free yet: {e}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(e) => panic!("carol's old port stays taken: {e}"),
+        }
+    };
+    let carol = start(&carol_home).await;
+    assert_ne!(carol.addr().addrs, carol_at, "carol moved");
+    let moved: Vec<String> = carol.addr().addrs.iter().map(|a| a.to_string()).collect();
+    let listen = carol.call(|s| s.listen_addrs()).await.unwrap().unwrap();
+    assert_eq!(listen, moved);
+    drop(squatter);
+    for node in [bob, carol] {
+        node.shutdown().await;
+    }
+}
+
 /// A bare endpoint with this device key that dials `to` and says Hello, offering nothing.
 async fn raw_hello(
     key: [u8; 32],
