@@ -114,6 +114,8 @@ struct Shared {
     connected: Vec<DeviceId>,
     last_sync: HashMap<DeviceId, i64>,
     presence: HashMap<DeviceId, (PersonId, Presence)>,
+    /// Peers whose link is cut ([`Node::cut`]): the dial loops leave them alone meanwhile.
+    cut: std::collections::HashSet<DeviceId>,
 }
 
 /// One peer's sync state, as `flyt status` shows it.
@@ -170,6 +172,8 @@ enum Cmd {
     SyncStatus(oneshot::Sender<Vec<PeerSync>>),
     /// A node announced itself on the LAN (`--lan`).
     Found(PeerAddr),
+    /// Cut the link to a peer (`true`) or restore it (`false`): see [`Node::cut`].
+    Cut(DeviceId, bool),
     /// Look for writes by other processes on this home.
     Tick,
     Stop,
@@ -412,6 +416,8 @@ fn store_thread(
         told: std::collections::HashSet::new(),
     };
     let mut heard = Heard::default();
+    // Peers whose link is cut (`Node::cut`): their connections are refused.
+    let mut cut: std::collections::HashSet<DeviceId> = std::collections::HashSet::new();
     // Relays of our workspaces already being kept connected.
     let mut relays: std::collections::HashSet<DeviceId> = std::collections::HashSet::new();
     // Members' devices found on the LAN and being kept connected; nodes found there that are
@@ -488,6 +494,11 @@ fn store_thread(
             busy = true;
         }
         match cmd {
+            Cmd::Up { peer, conn_id, tx } if cut.contains(&peer) => {
+                // Dropping `tx` ends the new connection's writer, which closes it.
+                debug!(%peer, conn_id, "refused a connection over a cut link");
+                drop(tx);
+            }
             Cmd::Up { peer, conn_id, tx } => {
                 // A new connection is told afresh; what it may change is looked at next tick.
                 mesh.told.remove(&peer);
@@ -607,6 +618,22 @@ fn store_thread(
                     Ok(frames) => frames.into_iter().for_each(|(p, f)| conns.send(&p, f)),
                     Err(e) => warn!("sending presence failed: {e:#}"),
                 }
+            }
+            Cmd::Cut(peer, true) => {
+                cut.insert(peer);
+                shared.lock().expect("shared lock").cut.insert(peer);
+                if conns.live.remove(&peer).is_some() {
+                    // Its connection task ends and reports `Down`, which ends the sync session.
+                    debug!(%peer, "cut the link");
+                    mesh.told.remove(&peer);
+                    presences.told.remove(&peer);
+                    mesh.dirty = true;
+                }
+            }
+            Cmd::Cut(peer, false) => {
+                cut.remove(&peer);
+                shared.lock().expect("shared lock").cut.remove(&peer);
+                mesh.dirty = true;
             }
             Cmd::SyncStatus(reply) => {
                 let mut peers: Vec<DeviceId> = conns.live.keys().copied().collect();
@@ -959,6 +986,24 @@ impl Node {
         Ok(rx.await.map_err(|_| NodeError::Stopped)??)
     }
 
+    /// Cuts this node's link to `peer` until [`Node::heal`]: the connection closes if one is
+    /// up, and meanwhile neither side's dial nor the peer's connection gets through (it is
+    /// closed as it comes up). Only this link: the two still sync through other peers and
+    /// relays. This is how a partition is made for a test, and how a user stops syncing with
+    /// one device for a while without removing anyone.
+    pub fn cut(&self, peer: DeviceId) -> Result<(), NodeError> {
+        self.cmd
+            .send(Cmd::Cut(peer, true))
+            .map_err(|_| NodeError::Stopped)
+    }
+
+    /// Restores a link [`Node::cut`] cut: the dial loops reconnect as they would after a drop.
+    pub fn heal(&self, peer: DeviceId) -> Result<(), NodeError> {
+        self.cmd
+            .send(Cmd::Cut(peer, false))
+            .map_err(|_| NodeError::Stopped)
+    }
+
     /// Sets this node's presence (online or away) and tells the connected peers.
     pub fn set_presence(&self, state: Presence) -> Result<(), NodeError> {
         self.cmd
@@ -1193,7 +1238,9 @@ impl Dialer {
                     let sh = shared.lock().expect("shared lock");
                     sh.connected.contains(&to.id)
                 };
+                let is_cut = || shared.lock().expect("shared lock").cut.contains(&to.id);
                 let mut pause = policy.first;
+                let mut was_cut = false;
                 loop {
                     if !pause.is_zero()
                         && cancel
@@ -1202,6 +1249,16 @@ impl Dialer {
                             .is_none()
                     {
                         return;
+                    }
+                    // A cut link is not dialled; once restored, the loop starts over as if new
+                    // (the smaller device id first, see `LAN_GRACE`), without the backoff.
+                    if is_cut() {
+                        (pause, was_cut) = (CUT_POLL, true);
+                        continue;
+                    }
+                    if std::mem::take(&mut was_cut) && !policy.first.is_zero() {
+                        pause = policy.first;
+                        continue;
                     }
                     let next = (pause * 2).clamp(policy.min, policy.max);
                     if policy.unless_connected && connected() {
@@ -1243,6 +1300,9 @@ impl Dialer {
         );
     }
 }
+
+/// How often a dial loop looks whether its cut link ([`Node::cut`]) was restored.
+const CUT_POLL: Duration = Duration::from_millis(50);
 
 /// A kept connection that ends sooner than this after it came up counts as a failed dial.
 const SHORT_LIVED: Duration = Duration::from_secs(2);

@@ -1,5 +1,6 @@
 //! Three real nodes over real iroh QUIC on 127.0.0.1, each with its own SQLite home, driven by a
-//! seeded sequence of chat actions and restarts; afterwards all three must show the same channel,
+//! seeded sequence of chat actions, restarts and links cut and restored (`Node::cut`); afterwards
+//! all three must show the same channel,
 //! message for message, and it must be the right one (nothing lost, every edit and deletion
 //! kept). Waits are on node events with a timeout, never sleeps.
 //!
@@ -15,7 +16,7 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crdt_model::{DocId, ModelError, Role};
+use crdt_model::{DeviceId, DocId, ModelError, Role};
 use peer::net::PeerAddr;
 use peer::node::{Node, NodeConfig, NodeEvent};
 use peer::{MemberRow, MessageRow, Store, StoreError};
@@ -86,7 +87,8 @@ impl Peer {
         self.node.take().expect("running").shutdown().await;
     }
 
-    /// Starts the node again on the same address.
+    /// Starts the node again on the same address; the links it had cut stay cut (a cut lives
+    /// in the running node only).
     async fn restart(&mut self, seed: u64) {
         let node = start(seed, &self.home, self.bind).await;
         assert_eq!(
@@ -430,6 +432,8 @@ struct Tally {
     reacts_failed: usize,
     roles: usize,
     restarts: usize,
+    cuts: usize,
+    heals: usize,
 }
 
 /// Who acts at a step, where.
@@ -559,7 +563,7 @@ async fn act(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_nodes_converge_after_random_actions_and_restarts() {
+async fn three_nodes_converge_after_random_actions_restarts_and_cut_links() {
     let seed = seed("converge");
     let began = Instant::now();
     let mut rng = Rng::new(seed);
@@ -582,6 +586,9 @@ async fn three_nodes_converge_after_random_actions_and_restarts() {
         keys.push(key_of(p).await);
     }
     let carol_key = keys[2].clone();
+    let devices: Vec<DeviceId> = peers.iter().map(|p| p.node().addr().id).collect();
+    // Links cut now, as (smaller, larger) person index: both ends cut each.
+    let mut cut: BTreeSet<(usize, usize)> = BTreeSet::new();
     eprintln!("converge: set up in {:?}", began.elapsed());
 
     let mut posted: Vec<Posted> = Vec::new();
@@ -621,7 +628,7 @@ async fn three_nodes_converge_after_random_actions_and_restarts() {
                 tally.roles += 1;
             }
             // Restart someone on the same address.
-            _ => {
+            90..=94 => {
                 if tally.restarts >= MAX_RESTARTS {
                     continue;
                 }
@@ -630,13 +637,47 @@ async fn three_nodes_converge_after_random_actions_and_restarts() {
                 let t = Instant::now();
                 p.stop().await;
                 p.restart(seed).await;
+                for &(a, b) in cut.iter().filter(|(a, b)| *a == who || *b == who) {
+                    let other = if a == who { b } else { a };
+                    p.node().cut(devices[other]).expect("running");
+                }
                 eprintln!(
                     "converge: step {step}: restarted {} in {:?}",
                     p.name,
                     t.elapsed()
                 );
             }
+            // Cut the link between `who` and another, or restore it if it is cut. The two
+            // still reach each other through the third unless its links are cut too.
+            _ => {
+                let other = (who + 1 + pick(d1, 2)) % 3;
+                let link = (who.min(other), who.max(other));
+                let (a, b) = link;
+                let heal = cut.remove(&link);
+                for (x, y) in [(a, b), (b, a)] {
+                    let node = peers[x].node();
+                    match heal {
+                        true => node.heal(devices[y]),
+                        false => node.cut(devices[y]),
+                    }
+                    .expect("running");
+                }
+                if heal {
+                    tally.heals += 1;
+                } else {
+                    cut.insert(link);
+                    tally.cuts += 1;
+                }
+                let (na, nb) = (peers[a].name, peers[b].name);
+                let what = if heal { "restored" } else { "cut" };
+                eprintln!("converge: step {step}: {what} the link {na}-{nb}");
+            }
         }
+    }
+    // Every link back: the replicas can only converge once a path joins them all.
+    for (a, b) in std::mem::take(&mut cut) {
+        peers[a].node().heal(devices[b]).expect("running");
+        peers[b].node().heal(devices[a]).expect("running");
     }
     eprintln!(
         "converge: {STEPS} steps done at {:?}: {tally:?}",

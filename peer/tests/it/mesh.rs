@@ -130,6 +130,114 @@ async fn members_find_each_other_after_both_restart() {
     }
 }
 
+/// Waits until `node` has no connection to `peer`.
+async fn disconnected(node: &Node, peer: DeviceId, what: &str) {
+    let mut events = node.subscribe();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while node.connected().contains(&peer) {
+        if tokio::time::timeout_at(deadline, events.recv())
+            .await
+            .is_err()
+        {
+            panic!("timed out waiting for: {what}");
+        }
+    }
+}
+
+/// `node` posts `text` in `general` of `ws`; the message's id.
+async fn post(node: &Node, ws: DocId, text: &'static str) -> String {
+    node.call(move |s| {
+        s.use_workspace(ws)?;
+        let ch = s.find_channel("general")?;
+        s.post(ch, text, None, None).map(|m| m.id)
+    })
+    .await
+    .unwrap()
+    .unwrap()
+}
+
+/// Longer than any redial pause after a dropped connection with the other side online
+/// (`Redial::after_connection`, and `LAN_GRACE` for the device that dials second), so a link
+/// still down after it stays down.
+const REDIAL_WINDOW: Duration = Duration::from_secs(7);
+
+/// `Node::cut` cuts one link: bob and carol stay apart while both dial loops run, bob's
+/// message still reaches carol through alice, a node cut off from both holds its own writes,
+/// and `Node::heal` brings every link back and everything across.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_link_stays_down_chat_goes_around_it_and_heals() {
+    let (mut team, ws) = acme().await;
+    let (_carol_home, carol, carol_dev) = team.pop().unwrap();
+    let (_bob_home, bob, bob_dev) = team.pop().unwrap();
+    let (_alice_home, alice, alice_dev) = team.pop().unwrap();
+    connected(&bob, carol_dev, "bob connected to carol").await;
+    connected(&carol, alice_dev, "carol connected to alice").await;
+
+    bob.cut(carol_dev).unwrap();
+    carol.cut(bob_dev).unwrap();
+    disconnected(&bob, carol_dev, "bob's link to carol is down").await;
+    disconnected(&carol, bob_dev, "carol's link to bob is down").await;
+    let mut events = carol.subscribe();
+    let quiet = tokio::time::Instant::now() + REDIAL_WINDOW;
+    while let Ok(ev) = tokio::time::timeout_at(quiet, events.recv()).await {
+        assert_ne!(
+            ev.ok(),
+            Some(NodeEvent::PeerUp(bob_dev)),
+            "the cut link came back up"
+        );
+    }
+    assert!(!bob.connected().contains(&carol_dev));
+    assert!(
+        carol.connected().contains(&alice_dev),
+        "only that link is cut"
+    );
+    posts_and_arrives(&bob, &carol, ws, "around the cut, through alice").await;
+
+    // Carol cut off from both: what each side writes stays on its side.
+    carol.cut(alice_dev).unwrap();
+    alice.cut(carol_dev).unwrap();
+    disconnected(&carol, alice_dev, "carol's link to alice is down").await;
+    let from_bob = post(&bob, ws, "carol is cut off").await;
+    let from_carol = post(&carol, ws, "on my own").await;
+    let id = from_bob.clone();
+    let mut alice_events = alice.subscribe();
+    until(
+        &alice,
+        &mut alice_events,
+        "bob's message at alice",
+        move |s| s.message(&id).ok(),
+    )
+    .await;
+    assert!(carol.connected().is_empty(), "carol has no link");
+    let id = from_bob.clone();
+    assert!(carol.call(move |s| s.message(&id).is_err()).await.unwrap());
+    let id = from_carol.clone();
+    assert!(bob.call(move |s| s.message(&id).is_err()).await.unwrap());
+
+    // Every link restored.
+    bob.heal(carol_dev).unwrap();
+    carol.heal(bob_dev).unwrap();
+    carol.heal(alice_dev).unwrap();
+    alice.heal(carol_dev).unwrap();
+    connected(&carol, bob_dev, "carol reconnected to bob").await;
+    connected(&carol, alice_dev, "carol reconnected to alice").await;
+    for (node, id) in [
+        (&carol, from_bob),
+        (&bob, from_carol.clone()),
+        (&alice, from_carol),
+    ] {
+        let mut events = node.subscribe();
+        let got = until(node, &mut events, "the message written apart", move |s| {
+            s.message(&id).ok()
+        })
+        .await;
+        assert!(got.verified);
+    }
+    for node in [alice, bob, carol] {
+        node.shutdown().await;
+    }
+}
+
 /// A bare endpoint with this device key that dials `to` and says Hello, offering nothing.
 async fn raw_hello(
     key: [u8; 32],
