@@ -10,7 +10,8 @@
 //! Typing and presence notes (`Frame::Ephemeral`) skip the engine and storage: the store
 //! thread checks each ([`RelayStore::check_ephemeral`]) and passes it on to the other member
 //! devices of its workspace connected now, only into send queues more than half free (a note
-//! may be dropped; sync never waits for one).
+//! may be dropped; sync never waits for one). Sessions of either framing send and receive
+//! them alike (the WebSocket one as automerge-repo `ephemeral` messages: [`crate::ws`]).
 //!
 //! Shutdown, in order: stop accepting (HTTP and iroh), drain connection tasks (each session's
 //! sync states are saved as it ends), close the endpoint, flush storage (the store thread
