@@ -11,7 +11,8 @@
 //!  WebSocket /sync (archive helper) ───────┼─ Cmd ─▶ store thread: RelayStore + Engine
 //!  POST /join ─────────────────────────────┘             │ commits, then
 //!                                                         ├─▶ frames to connections
-//!                                                         └─▶ Archive::changed (DocChange)
+//!                                                         ├─▶ Archive::changed (DocChange)
+//!                                                         └─▶ Archive::sync_state_saved
 //!  Axum: /info /healthz /readyz /metrics /join (+ routes merged in by the embedder)
 //! ```
 //!
@@ -20,13 +21,15 @@
 //! - **Changed documents**: implement [`Archive`] and pass it to [`runtime::Relay::start`].
 //!   [`Archive::changed`] is called on the store thread right after each transaction that
 //!   changed a document committed, with a [`DocChange`] holding exactly the bytes the document
-//!   gained; it must not block (queue the work). [`Archive::ready`] feeds `/readyz`,
-//!   [`Archive::metrics`] appends to `/metrics`, [`Archive::shutdown`] is awaited last when
-//!   the relay stops. [`Archive::started`] hands it the [`runtime::RelayHandle`] once the
-//!   store thread runs: to catch up on what it missed (a previous run that stopped before its
-//!   queue was written), it reads documents and sync states through
-//!   [`runtime::RelayHandle::call`] ([`store::RelayStore::list`],
-//!   [`store::RelayStore::document`], [`store::RelayStore::sync_states`]).
+//!   gained; it must not block (queue the work). Likewise [`Archive::sync_state_saved`] gets
+//!   every sync state the relay's store saves, right after the transaction that saved it
+//!   committed. [`Archive::ready`] feeds `/readyz`, [`Archive::metrics`] appends to
+//!   `/metrics`, [`Archive::shutdown`] is awaited last when the relay stops.
+//!   [`Archive::started`] hands it the [`runtime::RelayHandle`] once the store thread runs:
+//!   to catch up on what it missed (a previous run that stopped before its queue was
+//!   written), it reads documents and sync states through [`runtime::RelayHandle::call`]
+//!   ([`store::RelayStore::list`], [`store::RelayStore::document`],
+//!   [`store::RelayStore::sync_states`]); a job run there is ordered with the live calls.
 //! - **More routes**: [`runtime::Extensions::routes`] builds a `Router` from the
 //!   [`http::AppState`] (`state.relay` is the [`runtime::RelayHandle`]); the relay merges it
 //!   into [`http::routes`] and wraps both in [`http::layered`] (request timeout, tracing).
@@ -50,7 +53,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 use automerge::ChangeHash;
-use crdt_model::DocId;
+use crdt_model::{DeviceId, DocId};
 use peer::docs::DocMeta;
 
 /// The version this relay reports at `/info`.
@@ -78,6 +81,14 @@ pub struct DocChange {
 pub trait Archive: Send + Sync + 'static {
     /// A document changed. Called on the store thread: must not block (queue it).
     fn changed(&self, change: DocChange);
+    /// The relay saved its sync state with `peer` for `doc` (`automerge::sync::State::encode`
+    /// bytes), committed to its SQLite: the engine saves a peer's states when its session ends
+    /// (closed by either side, replaced, too slow) and every connected peer's at shutdown.
+    /// Called on the store thread, in the order the states were saved, only when an archive is
+    /// attached: must not block (queue it).
+    fn sync_state_saved(&self, peer: DeviceId, doc: DocId, state: Vec<u8>) {
+        let _ = (peer, doc, state);
+    }
     /// Whether the archive can take writes now: `Err(why)` makes `/readyz` answer 503.
     fn ready(&self) -> Result<(), String> {
         Ok(())

@@ -3,13 +3,15 @@
 //!
 //! The store thread is the only place that touches SQLite or the engine. Every event is one
 //! transaction; its frames reach connections only after it committed (durable before
-//! acknowledged), and its document changes reach the [`Archive`] then too. Connections talk
-//! to the store thread through a [`Session`], whichever framing they use.
+//! acknowledged), and its document changes and saved sync states reach the [`Archive`] then
+//! too. Connections talk to the store thread through a [`Session`], whichever framing they
+//! use.
 //!
 //! Typing and presence notes (`Frame::Ephemeral`) skip the engine and storage: the store
 //! thread checks each ([`RelayStore::check_ephemeral`]) and passes it on to the other member
 //! devices of its workspace connected now, only into send queues more than half free (a note
-//! may be dropped; sync never waits for one).
+//! may be dropped; sync never waits for one). Sessions of either framing send and receive
+//! them alike (the WebSocket one as automerge-repo `ephemeral` messages: [`crate::ws`]).
 //!
 //! Shutdown, in order: stop accepting (HTTP and iroh), drain connection tasks (each session's
 //! sync states are saved as it ends), close the endpoint, flush storage (the store thread
@@ -272,7 +274,7 @@ impl Relay {
         let http_addr = listener.local_addr().map_err(RelayError::Http)?;
         config.listen = http_addr;
         let mut store = RelayStore::open(&config.data_dir, config.allowed_workspaces())?;
-        store.want_chunks(ext.archive.is_some());
+        store.archiving(ext.archive.is_some());
         let transport = Arc::new(Transport::bind(store.secret(), config.iroh_bind).await?);
         let url = config.public_url();
         let info = Info {
@@ -644,6 +646,11 @@ fn store_thread(mut store: RelayStore, mut rx: mpsc::UnboundedReceiver<Cmd>, h: 
                 }
             }
             report(handled.changes);
+            if let Some(a) = &h.archive {
+                for (peer, doc, state) in handled.states {
+                    a.sync_state_saved(peer, doc, state);
+                }
+            }
         }
         m.documents
             .store(store.documents() as u64, Ordering::Relaxed);

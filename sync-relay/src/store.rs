@@ -91,6 +91,9 @@ pub struct Handled {
     pub out: Vec<Outgoing>,
     /// Documents that changed (for the archive and observers).
     pub changes: Vec<DocChange>,
+    /// Sync states saved, in order: (peer, document, `automerge::sync::State::encode` bytes).
+    /// Empty unless an archive listens ([`RelayStore::archiving`]).
+    pub states: Vec<(DeviceId, DocId, Vec<u8>)>,
 }
 
 /// Something the runtime must do after an event committed.
@@ -111,8 +114,8 @@ pub struct RelayStore {
     metas: HashMap<DocId, DocMeta>,
     views: HashMap<DocId, WorkspaceView>,
     allowed: Vec<DocId>,
-    /// Whether [`DocChange::chunk`] must be filled (an archive listens).
-    chunks: bool,
+    /// Whether an archive listens: [`DocChange::chunk`] and [`Handled::states`] are filled.
+    archiving: bool,
 }
 
 impl std::fmt::Debug for RelayStore {
@@ -179,7 +182,7 @@ impl RelayStore {
             metas: HashMap::new(),
             views: HashMap::new(),
             allowed,
-            chunks: false,
+            archiving: false,
         };
         store.load_index()?;
         Ok(store)
@@ -225,9 +228,10 @@ impl RelayStore {
         self.me
     }
 
-    /// Fill [`DocChange::chunk`] from now on (an archive listens).
-    pub fn want_chunks(&mut self, on: bool) {
-        self.chunks = on;
+    /// Whether an archive listens: from now on, fill [`DocChange::chunk`] and report every
+    /// saved sync state in [`Handled::states`].
+    pub fn archiving(&mut self, on: bool) {
+        self.archiving = on;
     }
 
     /// How many documents the relay holds.
@@ -381,7 +385,7 @@ impl RelayStore {
     /// sync states saved, and only after the commit are the frames returned (durable before
     /// acknowledged).
     pub fn handle(&mut self, engine: &mut Engine, event: Event) -> Result<Handled, StoreError> {
-        let want_chunks = self.chunks;
+        let archiving = self.archiving;
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -402,7 +406,7 @@ impl RelayStore {
         for _ in 0..2 {
             let Some(e) = next.take() else { break };
             let actions = engine.handle(&mut t, e);
-            match t.apply(actions, &mut handled, want_chunks) {
+            match t.apply(actions, &mut handled, archiving) {
                 Ok(true) => next = Some(Event::PolicyChanged),
                 Ok(false) => {}
                 Err(e) => {
@@ -494,7 +498,7 @@ impl RelayStore {
             let change = (doc.get_heads() != before).then(|| DocChange {
                 doc: ws,
                 meta: self.metas[&ws].clone(),
-                chunk: if self.chunks {
+                chunk: if self.archiving {
                     doc.save_after(&before)
                 } else {
                     Vec::new()
@@ -579,7 +583,7 @@ impl Tx<'_> {
         &mut self,
         actions: Vec<Action>,
         handled: &mut Handled,
-        want_chunks: bool,
+        archiving: bool,
     ) -> Result<bool, StoreError> {
         let mut policy = false;
         for a in actions {
@@ -588,6 +592,9 @@ impl Tx<'_> {
                 Action::Close(p, r) => handled.out.push(Outgoing::Close(p, r)),
                 Action::SaveState(peer, doc, state) => {
                     docs::save_sync_state(self.tx, &peer, doc, &state)?;
+                    if archiving {
+                        handled.states.push((peer, doc, state));
+                    }
                 }
                 Action::Changed { doc, before, .. } => {
                     self.touched.push(doc);
@@ -610,7 +617,7 @@ impl Tx<'_> {
                     }
                     handled.changes.push(DocChange {
                         doc,
-                        chunk: if want_chunks {
+                        chunk: if archiving {
                             d.save_after(&before)
                         } else {
                             Vec::new()

@@ -19,12 +19,37 @@
 //! `Unavailable` as `doc-unavailable`. The relay sends only documents the client asked about
 //! (a JS repo would otherwise create a handle for every document pushed to it): the first sync
 //! message of a document carries no changes, so nothing is lost by holding it back.
-//! `ephemeral`, `leave` and the remote-heads messages are accepted and not relayed, and Flyt's
-//! own typing and presence notes are not sent to WebSocket clients. Malformed
-//! CBOR, text frames, a message before `join`, an unknown type or an oversized message get an
-//! `error` message (where the socket still works) and a closed connection.
+//! `leave` ends the connection; the remote-heads messages are accepted and not relayed.
+//! Malformed CBOR, text frames, a message before `join`, an unknown type or an oversized
+//! message get an `error` message (where the socket still works) and a closed connection.
+//!
+//! **Typing and presence** travel as automerge-repo `ephemeral` messages, both ways, under the
+//! relay's rules for Flyt's signed notes (`Frame::Ephemeral`, see [`crate::runtime`]).
+//! - To the client: each note the relay passes on to this device (a current member's typing
+//!   in a public channel, or presence, in a workspace they share) is an `ephemeral` message
+//!   with `documentId` = the **workspace document's id**, `senderId` the relay, a `sessionId`
+//!   of this connection and a rising `count` (automerge-repo drops a repeat). It goes out only
+//!   once the client asked for that workspace document (a JS repo would create a handle for
+//!   any document named to it, and `handle.on("ephemeral-message")` needs one): until then the
+//!   latest presence of each device is held, and told when it asks (typing is dropped). A JS
+//!   client reads it with `handle.on("ephemeral-message", ({ message }) => ...)` on the
+//!   workspace's handle; automerge-repo CBOR-decodes `data`, so `message` is the map
+//!   [`note_data`] writes: `kind` (`"typing"` or `"presence"`), `workspace` (document id),
+//!   `person` and `device` (64 hex), `at_ms` (ms since the epoch), `channel` (document id,
+//!   typing) or `state` (`"online"`, `"away"`, `"offline"`, presence), and `signed`, the Flyt
+//!   envelope those fields come from (bytes: version 1, the 32-byte device key, the 64-byte
+//!   ed25519 signature over `"flyt/v1/ephemeral\0"` + body, then the postcard body) for a
+//!   client that verifies rather than trusts the relay.
+//! - From the client: an `ephemeral` message whose `data` is such a map (only `signed` is
+//!   read) or one CBOR byte string, the envelope itself (`handle.broadcast(envelope)`), is
+//!   handed to the relay as the device's note, checked exactly like one from an iroh peer
+//!   (signature, signed by this device, a current member's, recent, typing only in a listed
+//!   public channel) and passed on to the other member devices connected, over iroh or
+//!   WebSocket. `documentId` is not read: the envelope names the workspace. Anything else in
+//!   `data` is refused by that check (counted in `flyt_relay_ephemeral_refused_total`, logged
+//!   at debug); a note, good or bad, never ends the connection.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,6 +59,7 @@ use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use ciborium::Value;
+use crdt_model::signed::{Ephemeral, EphemeralKind, Signed};
 use crdt_model::{DeviceId, DocId};
 use peer::sync::protocol::Frame;
 use serde::Deserialize;
@@ -183,16 +209,19 @@ fn text<'a>(map: &'a [(Value, Value)], key: &str) -> Result<&'a str, End> {
         .ok_or_else(|| End::Error(format!("missing or non-text field {key:?}")))
 }
 
-/// A byte string field, tagged as a typed array (CBOR tag 64) or not.
+/// A byte string, tagged as a typed array (CBOR tag 64) or not.
+fn as_bytes(v: &Value) -> Option<&[u8]> {
+    match v {
+        Value::Tag(64, inner) => inner.as_bytes(),
+        v => v.as_bytes(),
+    }
+    .map(Vec::as_slice)
+}
+
+/// A byte string field ([`as_bytes`]).
 fn bytes<'a>(map: &'a [(Value, Value)], key: &str) -> Result<&'a [u8], End> {
-    let v = match field(map, key) {
-        Some(Value::Tag(64, inner)) => inner.as_ref(),
-        Some(v) => v,
-        None => return Err(End::Error(format!("missing field {key:?}"))),
-    };
-    v.as_bytes()
-        .map(Vec::as_slice)
-        .ok_or_else(|| End::Error(format!("field {key:?} is not bytes")))
+    let v = field(map, key).ok_or_else(|| End::Error(format!("missing field {key:?}")))?;
+    as_bytes(v).ok_or_else(|| End::Error(format!("field {key:?} is not bytes")))
 }
 
 /// One decoded client message.
@@ -209,7 +238,11 @@ enum ClientMsg {
     Unavailable {
         doc: DocId,
     },
-    /// Accepted and not relayed (ephemeral, remote heads, leave is `Leave`).
+    /// An `ephemeral` message's `data` (empty when it has none).
+    Ephemeral {
+        data: Vec<u8>,
+    },
+    /// Accepted and not relayed (remote heads; leave is `Leave`).
     Ignored(String),
     Leave,
 }
@@ -243,14 +276,19 @@ fn decode(message: &[u8]) -> Result<ClientMsg, End> {
         },
         "doc-unavailable" => ClientMsg::Unavailable { doc: doc(&map)? },
         "leave" => ClientMsg::Leave,
-        t @ ("ephemeral" | "remote-subscription-change" | "remote-heads-changed") => {
+        // A note never ends a session: without bytes, it is refused like any bad note.
+        "ephemeral" => ClientMsg::Ephemeral {
+            data: bytes(&map, "data").map(<[u8]>::to_vec).unwrap_or_default(),
+        },
+        t @ ("remote-subscription-change" | "remote-heads-changed") => {
             ClientMsg::Ignored(t.to_owned())
         }
         other => return Err(End::Error(format!("unknown message type {other:?}"))),
     })
 }
 
-fn encode(fields: Vec<(&str, Value)>) -> Message {
+/// One CBOR map with text keys.
+fn cbor_map(fields: Vec<(&str, Value)>) -> Vec<u8> {
     let map = Value::Map(
         fields
             .into_iter()
@@ -259,7 +297,123 @@ fn encode(fields: Vec<(&str, Value)>) -> Message {
     );
     let mut out = Vec::new();
     ciborium::into_writer(&map, &mut out).expect("writing to a Vec cannot fail");
-    Message::Binary(out.into())
+    out
+}
+
+fn encode(fields: Vec<(&str, Value)>) -> Message {
+    Message::Binary(cbor_map(fields).into())
+}
+
+/// What an `ephemeral` message's `data` holds for a Flyt note (see the module docs): a CBOR map
+/// of the note's fields, readable as they are, and `signed`, the envelope to verify them by.
+pub fn note_data(note: &Signed<Ephemeral>) -> Vec<u8> {
+    let n = &note.payload;
+    let mut fields = vec![
+        (
+            "kind",
+            Value::Text(
+                match n.kind {
+                    EphemeralKind::Typing { .. } => "typing",
+                    EphemeralKind::Presence { .. } => "presence",
+                }
+                .into(),
+            ),
+        ),
+        ("workspace", Value::Text(n.workspace.to_string())),
+        ("person", Value::Text(n.person.to_string())),
+        ("device", Value::Text(note.device().to_string())),
+        ("at_ms", Value::Integer(n.at_ms.into())),
+    ];
+    fields.push(match n.kind {
+        EphemeralKind::Typing { channel } => ("channel", Value::Text(channel.to_string())),
+        EphemeralKind::Presence { state } => ("state", Value::Text(state.as_str().into())),
+    });
+    fields.push(("signed", Value::Bytes(note.to_bytes())));
+    cbor_map(fields)
+}
+
+/// The Flyt envelope in a client's `ephemeral` `data`: the `signed` bytes of a map like
+/// [`note_data`]'s, or `data` that is one CBOR byte string (`handle.broadcast(envelope)`).
+/// Anything else is handed on as it is, for the relay's check to refuse.
+fn note_envelope(data: Vec<u8>) -> Vec<u8> {
+    let Ok(value) = ciborium::from_reader::<Value, _>(&data[..]) else {
+        return data;
+    };
+    let found = match &value {
+        Value::Map(m) => field(m, "signed").and_then(as_bytes),
+        v => as_bytes(v),
+    };
+    found.map(<[u8]>::to_vec).unwrap_or(data)
+}
+
+/// Flyt's typing and presence notes as automerge-repo `ephemeral` messages, on one connection.
+struct Notes {
+    /// This connection's `sessionId`: automerge-repo passes on a message only if its `count`
+    /// is above the last one it saw with the same `senderId` and `sessionId`.
+    session: String,
+    /// The last `count` sent.
+    count: u64,
+    /// Presence notes about workspaces the client has not asked for yet (a JS repo would
+    /// create a handle for any document named to it): the latest per (workspace, device),
+    /// sent when it asks. Bounded by the member devices of the client's workspaces.
+    held: HashMap<(DocId, DeviceId), Signed<Ephemeral>>,
+}
+
+impl Notes {
+    fn new() -> Self {
+        Notes {
+            session: hex::encode(peer::random::<8>()),
+            count: 0,
+            held: HashMap::new(),
+        }
+    }
+
+    /// The `ephemeral` message carrying `note`, to the client `them`.
+    fn message(&mut self, me: &Value, them: &Value, note: &Signed<Ephemeral>) -> Message {
+        self.count += 1;
+        encode(vec![
+            ("type", Value::Text("ephemeral".into())),
+            ("senderId", me.clone()),
+            ("targetId", them.clone()),
+            (
+                "documentId",
+                Value::Text(note.payload.workspace.to_string()),
+            ),
+            ("sessionId", Value::Text(self.session.clone())),
+            ("count", Value::Integer(self.count.into())),
+            ("data", Value::Bytes(note_data(note))),
+        ])
+    }
+
+    /// Holds a presence note about a workspace the client has not asked for (a newer one
+    /// replaces it); typing is dropped.
+    fn hold(&mut self, note: Signed<Ephemeral>) {
+        if !matches!(note.payload.kind, EphemeralKind::Presence { .. }) {
+            return;
+        }
+        let key = (note.payload.workspace, note.device());
+        if self
+            .held
+            .get(&key)
+            .is_none_or(|old| old.payload.at_ms < note.payload.at_ms)
+        {
+            self.held.insert(key, note);
+        }
+    }
+
+    /// The held notes about `ws` still recent at `now_ms`, taken out.
+    fn release(&mut self, ws: DocId, now_ms: i64) -> Vec<Signed<Ephemeral>> {
+        let keys: Vec<(DocId, DeviceId)> = self
+            .held
+            .keys()
+            .filter(|(w, _)| *w == ws)
+            .copied()
+            .collect();
+        keys.into_iter()
+            .filter_map(|k| self.held.remove(&k))
+            .filter(|n| peer::note_is_recent(n.payload.at_ms, now_ms))
+            .collect()
+    }
 }
 
 fn error_message(message: &str) -> Message {
@@ -357,6 +511,7 @@ async fn run(socket: &mut WebSocket, device: DeviceId, state: &WsState) -> End {
     };
     // Documents the client asked about: only those are sent to it.
     let mut asked: HashSet<DocId> = HashSet::new();
+    let mut notes = Notes::new();
     loop {
         tokio::select! {
             incoming = next(socket) => {
@@ -367,9 +522,21 @@ async fn run(socket: &mut WebSocket, device: DeviceId, state: &WsState) -> End {
                 };
                 let frame = match decode(&bytes) {
                     Ok(ClientMsg::Sync { doc, data }) => {
-                        asked.insert(doc);
+                        if asked.insert(doc) {
+                            // Who is around, told as soon as the client has the workspace open.
+                            for n in notes.release(doc, (state.now_ms)()) {
+                                if socket.send(notes.message(&me, &them, &n)).await.is_err() {
+                                    return End::Gone;
+                                }
+                            }
+                        }
                         Frame::Sync { doc, data }
                     }
+                    // Checked by the relay like a note from an iroh peer; refused or passed on
+                    // there, never a reason to end this connection.
+                    Ok(ClientMsg::Ephemeral { data }) => Frame::Ephemeral {
+                        signed: note_envelope(data),
+                    },
                     Ok(ClientMsg::Unavailable { doc }) => {
                         asked.remove(&doc);
                         Frame::Unavailable { doc }
@@ -407,6 +574,17 @@ async fn run(socket: &mut WebSocket, device: DeviceId, state: &WsState) -> End {
                         ("targetId", them.clone()),
                         ("documentId", Value::Text(doc.to_string())),
                     ]),
+                    // A member's typing or presence, already checked by the relay.
+                    Some(Frame::Ephemeral { signed }) => {
+                        let Ok(note) = Signed::<Ephemeral>::decode(&signed) else {
+                            continue;
+                        };
+                        if !asked.contains(&note.payload.workspace) {
+                            notes.hold(note);
+                            continue;
+                        }
+                        notes.message(&me, &them, &note)
+                    }
                     // Offers, and documents the client did not ask about.
                     Some(_) => continue,
                 };

@@ -1,6 +1,9 @@
 //! The archive: every document the relay holds, kept in Postgres (or, without a database URL,
 //! in an embedded SQLite file) together with the relay's sync states, and projected into
 //! searchable tables (workspaces, members, devices, channels, messages with a full-text index).
+//! Both arrive live: each committed document change as a [`Record::Chunk`], each sync state
+//! the relay's store saves (when a peer's session ends, and at shutdown) as a
+//! [`Record::SyncState`].
 //!
 //! Archiving never blocks live sync. [`Archive::submit`] puts [`Record`]s (the bytes a document
 //! gained, the relay's sync states) on an unbounded channel and returns at once. One worker task
@@ -17,7 +20,8 @@
 //! relay's own store, not lost: at every start, [`Archive::catch_up`] compares each document's
 //! heads in the relay with the heads of the archive's copy (the heads written are those of the
 //! copy the worker built, so a change waiting for a lost dependency does not count) and
-//! submits what differs, then the sync states the archive lacks.
+//! submits what differs, then the sync states the archive lacks (read and submitted on the
+//! relay's store thread, so a state saved live meanwhile is never overtaken by an older one).
 //!
 //! A message whose signatures do not check out is archived with `verified = false`, never as
 //! authentic. When a workspace's certified devices change, the messages of its buckets the
@@ -931,17 +935,23 @@ impl Archive {
                 documents += 1;
             }
         }
-        let held = relay
-            .call(|s| s.sync_states())
+        // Submitted on the store thread, like the live states (`sync_state_saved`): a state
+        // the relay saves after this read is submitted after it, so the newer one wins.
+        let archive = self.clone();
+        let states = relay
+            .call(move |s| {
+                let behind: Vec<Record> = s
+                    .sync_states()?
+                    .into_iter()
+                    .filter(|(peer, doc, state)| archived_states.get(&(*peer, *doc)) != Some(state))
+                    .map(|(peer, doc, state)| Record::SyncState { peer, doc, state })
+                    .collect();
+                let n = behind.len() as u64;
+                archive.submit(behind);
+                Ok::<_, peer::StoreError>(n)
+            })
             .await?
             .map_err(crate::runtime::RelayError::from)?;
-        let behind: Vec<Record> = held
-            .into_iter()
-            .filter(|(peer, doc, state)| archived_states.get(&(*peer, *doc)) != Some(state))
-            .map(|(peer, doc, state)| Record::SyncState { peer, doc, state })
-            .collect();
-        let states = behind.len() as u64;
-        self.submit(behind);
         self.shared.status.send_modify(|s| {
             s.catch_up_done = true;
             s.catch_up_documents += documents;
@@ -1023,8 +1033,9 @@ impl Archive {
 }
 
 /// The relay's seam ([`crate::Archive`]): every committed document change becomes a
-/// [`Record::Chunk`], `/readyz` follows the last write, `/metrics` gets [`ArchiveStatus`], and
-/// shutdown waits (bounded) for the queue to drain.
+/// [`Record::Chunk`] and every sync state the relay saves a [`Record::SyncState`], `/readyz`
+/// follows the last write, `/metrics` gets [`ArchiveStatus`], and shutdown waits (bounded)
+/// for the queue to drain.
 impl crate::Archive for Archive {
     fn changed(&self, change: crate::DocChange) {
         let Some(meta) = archive_meta(change.doc, &change.meta) else {
@@ -1035,6 +1046,10 @@ impl crate::Archive for Archive {
             data: change.chunk,
             heads: change.heads,
         }]);
+    }
+
+    fn sync_state_saved(&self, peer: DeviceId, doc: DocId, state: Vec<u8>) {
+        self.submit([Record::SyncState { peer, doc, state }]);
     }
 
     fn started(&self, relay: &crate::runtime::RelayHandle) {

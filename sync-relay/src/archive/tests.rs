@@ -627,12 +627,14 @@ async fn alice_on(
     (node, ws, ch)
 }
 
-/// Alice posts `n` messages to `ch`; returns the bucket once the relay holds them all.
+/// Alice posts `n` messages to `ch`; returns the bucket once the relay holds `total` messages
+/// there (them all, with those it held before).
 async fn post_through(
     relay: &crate::runtime::Relay,
     alice: &peer::node::Node,
     ch: DocId,
     n: usize,
+    total: usize,
 ) -> DocId {
     let mut events = relay.handle().subscribe();
     // One send after another, then the day's bucket they went to.
@@ -657,7 +659,7 @@ async fn post_through(
             })
             .await
             .unwrap();
-        if held == n {
+        if held == total {
             return bucket;
         }
         tokio::time::timeout_at(deadline, events.recv())
@@ -707,7 +709,7 @@ async fn a_relay_stopped_with_records_queued_catches_the_archive_up_at_its_next_
     assert!(archive.caught_up(LIMIT).await, "{:?}", archive.status());
 
     pg.kill();
-    let bucket = post_through(&relay, &alice, ch, N).await;
+    let bucket = post_through(&relay, &alice, ch, N, N).await;
     assert!(
         archive.shared.oldest.lock().unwrap().is_some(),
         "records wait for Postgres"
@@ -772,7 +774,7 @@ async fn a_fresh_sqlite_archive_catches_up_with_what_the_relay_holds() {
         .await
         .unwrap();
     let (alice, ws, ch) = alice_on(home.path(), &relay).await;
-    post_through(&relay, &alice, ch, N).await;
+    post_through(&relay, &alice, ch, N, N).await;
     alice.shutdown().await;
     relay.shutdown().await;
     assert!(!relay_dir.path().join("archive.sqlite").exists());
@@ -785,4 +787,122 @@ async fn a_fresh_sqlite_archive_catches_up_with_what_the_relay_holds() {
     );
     assert_eq!(archived(&archive, ch, ws).await.len(), N);
     relay.shutdown().await;
+}
+
+/// A document, the relay's sync state for it, and the archive's.
+type HeldAndArchived = (DocId, Vec<u8>, Option<Vec<u8>>);
+
+/// Every sync state the relay's store holds for `peer`, and what the archive holds of each.
+async fn states_of(
+    archive: &Archive,
+    relay: &crate::runtime::Relay,
+    peer: DeviceId,
+) -> Vec<HeldAndArchived> {
+    let held = relay
+        .handle()
+        .call(|s| s.sync_states().unwrap())
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    for (p, doc, state) in held.into_iter().filter(|(p, _, _)| *p == peer) {
+        out.push((doc, state, archive.sync_state(p, doc).await.unwrap()));
+    }
+    out.sort();
+    out
+}
+
+/// Ends alice's node and waits until the relay ended her session (saving its sync states) and
+/// the archive wrote what it was given.
+async fn alice_leaves(
+    archive: &Archive,
+    relay: &crate::runtime::Relay,
+    alice: peer::node::Node,
+    me: DeviceId,
+) {
+    let mut events = relay.handle().subscribe();
+    alice.shutdown().await;
+    tokio::time::timeout(LIMIT, async {
+        while events.recv().await.unwrap() != crate::runtime::RelayEvent::PeerDown(me) {}
+    })
+    .await
+    .expect("the relay ends alice's session");
+    assert!(archive.caught_up(LIMIT).await, "{:?}", archive.status());
+}
+
+/// The sync states the relay saves reach the archive live, not only at the next start: after
+/// alice's node synced with the running relay and left, the archive holds the relay's state
+/// for each of her documents, equal to the relay store's; after she comes back and syncs more,
+/// the archived state of her bucket follows the relay's newer one.
+async fn sync_states_are_archived_live(database_url: Option<String>) {
+    let (relay_dir, home) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (archive, relay) = relay_on(relay_dir.path(), database_url).await;
+    // Catching up at start is done (with nothing to do): what the archive gets from now on
+    // comes through the live seam.
+    let status = caught_up_at_start(&archive).await;
+    assert_eq!(status.catch_up_states, 0, "{status:?}");
+    let (alice, _ws, ch) = alice_on(home.path(), &relay).await;
+    let me = alice
+        .call(|s| s.identity().unwrap().device_id())
+        .await
+        .unwrap();
+    let bucket = post_through(&relay, &alice, ch, 3, 3).await;
+    alice_leaves(&archive, &relay, alice, me).await;
+    let first = states_of(&archive, &relay, me).await;
+    assert!(
+        first.iter().any(|(d, _, _)| *d == bucket),
+        "the relay saved its state with alice for her bucket: {first:?}"
+    );
+    for (doc, held, archived) in &first {
+        assert_eq!(
+            archived.as_ref(),
+            Some(held),
+            "the archive holds the relay's sync state with alice for {doc}"
+        );
+    }
+
+    // She comes back and syncs more: the archived state follows, still without a restart.
+    let alice = peer::node::Node::start(peer::node::NodeConfig {
+        db: home.path().join("flyt.db"),
+        bind: ([127, 0, 0, 1], 0).into(),
+        lan: false,
+    })
+    .await
+    .unwrap();
+    let again = post_through(&relay, &alice, ch, 5, 8).await;
+    assert_eq!(again, bucket, "the same day's bucket");
+    alice_leaves(&archive, &relay, alice, me).await;
+    let second = states_of(&archive, &relay, me).await;
+    let state = |v: &[HeldAndArchived]| {
+        v.iter()
+            .find(|(d, _, _)| *d == bucket)
+            .map(|(_, held, archived)| (held.clone(), archived.clone()))
+            .unwrap()
+    };
+    let (before, _) = state(&first);
+    let (held, archived) = state(&second);
+    assert_ne!(
+        held, before,
+        "the relay's state moved on with the new messages"
+    );
+    assert_eq!(archived, Some(held), "and the archive's with it");
+    for (doc, held, archived) in &second {
+        assert_eq!(archived.as_ref(), Some(held), "{doc}");
+    }
+    assert_eq!(
+        archive.status().catch_up_states,
+        0,
+        "none came from catching up"
+    );
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_archives_the_relays_sync_states_live() {
+    let db = TestDb::create().await;
+    sync_states_are_archived_live(Some(db.url())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_archives_the_relays_sync_states_live() {
+    sync_states_are_archived_live(None).await;
 }

@@ -554,3 +554,78 @@ async fn a_js_automerge_repo_client_syncs_a_document() {
     );
     assert!(!String::from_utf8_lossy(&out.stdout).contains("hello from flyt"));
 }
+
+/// A client's `ephemeral` `data`: the envelope is found in a map's `signed`, or as the one
+/// byte string `handle.broadcast(envelope)` encodes (tagged as a typed array or not); anything
+/// else is handed on whole, for the relay's check to refuse.
+#[test]
+fn a_clients_note_envelope_is_found_in_its_data() {
+    let envelope = vec![1u8, 2, 3, 4];
+    let encoded = |v: Value| {
+        let mut out = Vec::new();
+        ciborium::into_writer(&v, &mut out).unwrap();
+        out
+    };
+    let map = cbor_map(vec![
+        ("kind", Value::Text("typing".into())),
+        ("signed", Value::Bytes(envelope.clone())),
+    ]);
+    assert_eq!(note_envelope(map), envelope);
+    assert_eq!(
+        note_envelope(encoded(Value::Bytes(envelope.clone()))),
+        envelope
+    );
+    let tagged = encoded(Value::Tag(64, Box::new(Value::Bytes(envelope.clone()))));
+    assert_eq!(note_envelope(tagged), envelope);
+    for other in [
+        vec![0xff, 0x00],
+        encoded(Value::Text("hi".into())),
+        cbor_map(vec![("kind", Value::Text("typing".into()))]),
+    ] {
+        assert_eq!(note_envelope(other.clone()), other);
+    }
+}
+
+/// Presence about a workspace the client has not asked for is held, the latest per device, and
+/// released when it asks (stale ones dropped); typing is not held.
+#[test]
+fn presence_waits_for_the_workspace_and_typing_does_not() {
+    use crdt_model::signed::Presence;
+    let (alice, bob) = (
+        Identity::from_secrets([1; 32], [2; 32], "alice"),
+        Identity::from_secrets([3; 32], [4; 32], "bob"),
+    );
+    let (ws, other) = (DocId([5; 16]), DocId([6; 16]));
+    let t = now();
+    let note = |by: &Identity, ws, kind, at_ms| {
+        Signed::sign(
+            &by.device,
+            Ephemeral {
+                workspace: ws,
+                person: by.person_id(),
+                kind,
+                at_ms,
+            },
+        )
+    };
+    let presence = |state| EphemeralKind::Presence { state };
+    let mut notes = Notes::new();
+    notes.hold(note(&alice, ws, presence(Presence::Online), t - 2));
+    notes.hold(note(&alice, ws, presence(Presence::Away), t - 1));
+    notes.hold(note(&alice, ws, presence(Presence::Online), t - 3));
+    notes.hold(note(&bob, ws, presence(Presence::Online), t - 120_000));
+    notes.hold(note(&bob, other, presence(Presence::Online), t));
+    notes.hold(note(
+        &bob,
+        ws,
+        EphemeralKind::Typing {
+            channel: DocId([7; 16]),
+        },
+        t,
+    ));
+    let told = notes.release(ws, t);
+    assert_eq!(told.len(), 1, "{told:?}");
+    assert_eq!(told[0].payload.kind, presence(Presence::Away));
+    assert!(notes.release(ws, t).is_empty(), "told once");
+    assert_eq!(notes.release(other, t).len(), 1);
+}

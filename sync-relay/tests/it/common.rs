@@ -20,9 +20,15 @@ pub fn config(dir: &std::path::Path) -> Config {
     }
 }
 
-/// Starts a relay with `cfg`.
+/// Starts a relay with `cfg`, serving `/sync` as `flyt-relay` does (without the archive).
 pub async fn start(cfg: Config) -> Relay {
-    Relay::start(cfg, Extensions::default()).await.unwrap()
+    let ext = Extensions {
+        archive: None,
+        routes: Some(Box::new(|state| {
+            sync_relay::ws::router(sync_relay::ws::WsState::for_relay(&state.relay))
+        })),
+    };
+    Relay::start(cfg, ext).await.unwrap()
 }
 
 /// One HTTP/1.1 request over a real socket: (status, body).

@@ -6,13 +6,16 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use ciborium::Value;
 use crdt_model::signed::{Ephemeral, EphemeralKind, Presence, Signed};
-use crdt_model::{DeviceId, DocId, Identity, PersonId};
+use crdt_model::{DeviceId, DocId, Identity, PersonId, Role};
+use futures_util::{SinkExt, StreamExt};
 use peer::Store;
 use peer::net::{FrameReader, FrameWriter, Transport};
 use peer::node::{Node, NodeEvent};
 use peer::sync::protocol::Frame;
 use tokio::sync::broadcast;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use crate::common::{LIMIT, config, request, start};
 use crate::sync::{
@@ -62,16 +65,21 @@ fn typing_in(ev: &NodeEvent, ch: DocId, who: PersonId) -> bool {
     matches!(ev, NodeEvent::Typing { channel, person, .. } if *channel == ch && *person == who)
 }
 
-/// A signed note by `by`, sent at `at_ms`.
-fn note(by: &Identity, ws: DocId, kind: EphemeralKind, at_ms: i64) -> Frame {
+/// A note by `by`, sent at `at_ms`, as envelope bytes.
+fn signed(by: &Identity, ws: DocId, kind: EphemeralKind, at_ms: i64) -> Vec<u8> {
     let n = Ephemeral {
         workspace: ws,
         person: by.person_id(),
         kind,
         at_ms,
     };
+    Signed::sign(&by.device, n).to_bytes()
+}
+
+/// A signed note by `by`, sent at `at_ms`.
+fn note(by: &Identity, ws: DocId, kind: EphemeralKind, at_ms: i64) -> Frame {
     Frame::Ephemeral {
-        signed: Signed::sign(&by.device, n).to_bytes(),
+        signed: signed(by, ws, kind, at_ms),
     }
 }
 
@@ -198,7 +206,8 @@ async fn until_connected(
 
 /// A relay serving alice's workspace with #general and a private #secret, alice's node
 /// connected to it, and mallory, a member whose device key the test holds, in a session with
-/// the relay (greeted: the relay's Hello is read).
+/// the relay (greeted: the relay's Hello is read); wendy, another member whose key the test
+/// holds, for WebSocket clients.
 struct Fixture {
     relay: sync_relay::runtime::Relay,
     alice: Node,
@@ -206,6 +215,7 @@ struct Fixture {
     ev_a: broadcast::Receiver<NodeEvent>,
     alice_id: Identity,
     mallory: Identity,
+    wendy: Identity,
     /// Mallory's endpoint and its session with the relay.
     raw: Transport,
     from_relay: FrameReader,
@@ -217,6 +227,11 @@ struct Fixture {
     _dirs: (tempfile::TempDir, tempfile::TempDir),
 }
 
+/// The member [`Fixture`] admits for WebSocket clients.
+fn wendy() -> Identity {
+    Identity::from_secrets([31; 32], [131; 32], "wendy")
+}
+
 async fn relay_alice_and_mallory(mallory_key: [u8; 32]) -> Fixture {
     let (dir, home) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (relay, ws) = relay_with_member(dir.path(), home.path(), mallory_key, |_| {}).await;
@@ -226,6 +241,11 @@ async fn relay_alice_and_mallory(mallory_key: [u8; 32]) -> Fixture {
         let mut s = Store::open(&db).unwrap();
         let general = s.find_channel("general").unwrap();
         let private = s.create_private_channel("secret", "", &[]).unwrap();
+        s.admit(
+            &wendy().device_cert("browser", peer::now_ms()),
+            Role::Member,
+        )
+        .unwrap();
         hand_over(&relay, &mut s, ws).await;
         (s.identity().unwrap().clone(), general, private)
     };
@@ -243,6 +263,7 @@ async fn relay_alice_and_mallory(mallory_key: [u8; 32]) -> Fixture {
         ev_a,
         alice_id,
         mallory: member_identity(mallory_key),
+        wendy: wendy(),
         raw,
         from_relay,
         to_relay,
@@ -268,6 +289,7 @@ async fn bad_notes_are_refused_and_counted_and_the_session_goes_on() {
         general,
         private,
         _dirs,
+        ..
     } = relay_alice_and_mallory([21; 32]).await;
 
     let now = peer::now_ms();
@@ -425,6 +447,383 @@ async fn a_note_heard_directly_and_through_the_relay_shows_once() {
     assert!(alice.connected().contains(&mallory.device_id()));
     assert!(alice.connected().contains(&relay.peer_addr().id));
     drop((via_relay, direct));
+    raw.close().await;
+    alice.shutdown().await;
+    relay.shutdown().await;
+}
+
+type WsClient =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type CborMap = Vec<(Value, Value)>;
+
+/// One CBOR map with text keys, as bytes.
+fn cbor(fields: Vec<(&str, Value)>) -> Vec<u8> {
+    let map = Value::Map(
+        fields
+            .into_iter()
+            .map(|(k, v)| (Value::Text(k.into()), v))
+            .collect(),
+    );
+    let mut out = Vec::new();
+    ciborium::into_writer(&map, &mut out).unwrap();
+    out
+}
+
+fn get<'a>(m: &'a CborMap, key: &str) -> Option<&'a Value> {
+    m.iter()
+        .find(|(k, _)| k.as_text() == Some(key))
+        .map(|(_, v)| v)
+}
+
+fn text<'a>(m: &'a CborMap, key: &str) -> Option<&'a str> {
+    get(m, key).and_then(Value::as_text)
+}
+
+fn int(m: &CborMap, key: &str) -> Option<i128> {
+    get(m, key).and_then(Value::as_integer).map(i128::from)
+}
+
+/// A `request` for `doc` from a client holding nothing (what automerge-repo's `find` sends).
+fn ws_request(doc: DocId) -> WsMessage {
+    let first = automerge::sync::SyncDoc::generate_sync_message(
+        &automerge::Automerge::new(),
+        &mut automerge::sync::State::new(),
+    )
+    .unwrap();
+    WsMessage::Binary(
+        cbor(vec![
+            ("type", Value::Text("request".into())),
+            ("senderId", Value::Text("wendy-tab".into())),
+            ("targetId", Value::Text("relay".into())),
+            ("documentId", Value::Text(doc.to_string())),
+            ("data", Value::Bytes(first.encode())),
+        ])
+        .into(),
+    )
+}
+
+/// An `ephemeral` message from the client, as automerge-repo sends one (`data` left out when
+/// `None`).
+fn ws_ephemeral(ws: DocId, count: u64, data: Option<Vec<u8>>) -> WsMessage {
+    let mut fields = vec![
+        ("type", Value::Text("ephemeral".into())),
+        ("senderId", Value::Text("wendy-tab".into())),
+        ("targetId", Value::Text("relay".into())),
+        ("documentId", Value::Text(ws.to_string())),
+        ("sessionId", Value::Text("tab-session".into())),
+        ("count", Value::Integer(count.into())),
+    ];
+    if let Some(d) = data {
+        fields.push(("data", Value::Bytes(d)));
+    }
+    WsMessage::Binary(cbor(fields).into())
+}
+
+/// `data` as the relay sends it: a map with the envelope in `signed`.
+fn note_map(envelope: Vec<u8>) -> Vec<u8> {
+    cbor(vec![("signed", Value::Bytes(envelope))])
+}
+
+/// `/sync` as `who`: joined, and the workspace document asked for.
+async fn ws_member(relay: &sync_relay::runtime::Relay, who: &Identity, ws: DocId) -> WsClient {
+    let url = format!(
+        "ws://{}/sync?{}",
+        relay.http_addr(),
+        sync_relay::ws::sync_query(&who.device, peer::now_ms())
+    );
+    let (mut c, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    c.send(WsMessage::Binary(
+        cbor(vec![
+            ("type", Value::Text("join".into())),
+            ("senderId", Value::Text("wendy-tab".into())),
+            (
+                "supportedProtocolVersions",
+                Value::Array(vec![Value::Text("1".into())]),
+            ),
+        ])
+        .into(),
+    ))
+    .await
+    .unwrap();
+    let peer = ws_next(&mut c, "the relay's peer message", |m| {
+        text(m, "type") == Some("peer")
+    })
+    .await;
+    assert_eq!(text(&peer, "targetId"), Some("wendy-tab"));
+    c.send(ws_request(ws)).await.unwrap();
+    c
+}
+
+/// The next message from the relay that `found` accepts (others are skipped).
+async fn ws_next(c: &mut WsClient, what: &str, found: impl Fn(&CborMap) -> bool) -> CborMap {
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    loop {
+        let m = tokio::time::timeout_at(deadline, c.next())
+            .await
+            .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
+        match m {
+            Some(Ok(WsMessage::Binary(b))) => {
+                let Value::Map(m) = ciborium::from_reader(&b[..]).unwrap() else {
+                    panic!("not a CBOR map")
+                };
+                if found(&m) {
+                    return m;
+                }
+            }
+            Some(Ok(_)) => {}
+            other => panic!("the socket ended waiting for {what}: {other:?}"),
+        }
+    }
+}
+
+/// The next `ephemeral` message whose note (`data`, decoded) `found` accepts: (message, note).
+async fn ws_note(
+    c: &mut WsClient,
+    what: &str,
+    found: impl Fn(&CborMap) -> bool,
+) -> (CborMap, CborMap) {
+    let data = |m: &CborMap| -> Option<CborMap> {
+        let b = get(m, "data")?.as_bytes()?;
+        ciborium::from_reader::<Value, _>(&b[..])
+            .ok()?
+            .into_map()
+            .ok()
+    };
+    let m = ws_next(c, what, |m| {
+        text(m, "type") == Some("ephemeral") && data(m).is_some_and(|d| found(&d))
+    })
+    .await;
+    let d = data(&m).unwrap();
+    (m, d)
+}
+
+/// What a WebSocket client makes of a note: its readable fields agree with the signed
+/// envelope it carries.
+fn check_note_data(d: &CborMap, ws: DocId, by: &Identity) -> Signed<Ephemeral> {
+    let envelope = get(d, "signed").and_then(Value::as_bytes).unwrap();
+    let n = Signed::<Ephemeral>::decode(envelope).expect("a valid envelope");
+    assert_eq!(n.device(), by.device_id());
+    assert_eq!(n.payload.workspace, ws);
+    assert_eq!(text(d, "workspace"), Some(&*ws.to_string()));
+    assert_eq!(text(d, "person"), Some(&*by.person_id().to_string()));
+    assert_eq!(text(d, "device"), Some(&*by.device_id().to_string()));
+    assert_eq!(int(d, "at_ms"), Some(i128::from(n.payload.at_ms)));
+    n
+}
+
+/// `GET /sync` carries typing and presence both ways: a WebSocket client of a member device
+/// hears alice's presence (told as soon as it asks for the workspace) and typing as
+/// automerge-repo `ephemeral` messages; its bad notes are refused and counted while its socket
+/// keeps syncing; its good notes reach alice's node (typing, presence) and mallory's iroh
+/// session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_member_hears_notes_and_its_own_reach_the_members() {
+    let Fixture {
+        relay,
+        alice,
+        mut ev_a,
+        alice_id,
+        wendy,
+        raw,
+        from_relay: mut r,
+        // Mallory's session lasts while its writer does.
+        to_relay: _w,
+        ws,
+        general,
+        private,
+        _dirs,
+        ..
+    } = relay_alice_and_mallory([27; 32]).await;
+    let mut c = ws_member(&relay, &wendy, ws).await;
+    let relay_peer = format!("flyt-relay-{}", &relay.handle().info.id[..16]);
+
+    // Alice's presence, then her typing in #general.
+    let alice_hex = alice_id.device_id().to_string();
+    let (m, d) = ws_note(&mut c, "alice's presence", |d| {
+        text(d, "kind") == Some("presence") && text(d, "device") == Some(&alice_hex)
+    })
+    .await;
+    assert_eq!(text(&m, "senderId"), Some(&*relay_peer));
+    assert_eq!(text(&m, "targetId"), Some("wendy-tab"));
+    assert_eq!(text(&m, "documentId"), Some(&*ws.to_string()));
+    assert_eq!(text(&d, "state"), Some("online"));
+    let n = check_note_data(&d, ws, &alice_id);
+    assert_eq!(
+        n.payload.kind,
+        EphemeralKind::Presence {
+            state: Presence::Online
+        }
+    );
+    let (session, count) = (text(&m, "sessionId").unwrap().to_owned(), int(&m, "count"));
+    assert_eq!(alice.typing(general).await.unwrap(), 1);
+    let (m, d) = ws_note(&mut c, "alice typing in #general", |d| {
+        text(d, "kind") == Some("typing") && text(d, "device") == Some(&alice_hex)
+    })
+    .await;
+    assert_eq!(text(&d, "channel"), Some(&*general.to_string()));
+    check_note_data(&d, ws, &alice_id);
+    assert_eq!(text(&m, "sessionId"), Some(&*session));
+    assert!(
+        int(&m, "count") > count,
+        "counts rise: automerge-repo drops repeats"
+    );
+
+    // Bad notes from the socket.
+    let now = peer::now_ms();
+    let typing = EphemeralKind::Typing { channel: general };
+    let mut forged = signed(&wendy, ws, typing, now);
+    *forged.last_mut().unwrap() ^= 1;
+    let bad = vec![
+        // A broken signature.
+        Some(note_map(forged)),
+        // Alice's genuine note, sent over wendy's socket.
+        Some(note_map(signed(&alice_id, ws, typing, now))),
+        // A replay from a minute ago.
+        Some(note_map(signed(&wendy, ws, typing, now - 60_000))),
+        // Typing in a private channel.
+        Some(note_map(signed(
+            &wendy,
+            ws,
+            EphemeralKind::Typing { channel: private },
+            now,
+        ))),
+        // Not a note: CBOR that is no envelope, a map without one, nothing at all.
+        Some(vec![1, 2, 3]),
+        Some(cbor(vec![("kind", Value::Text("typing".into()))])),
+        None,
+    ];
+    let refused = bad.len() as u64;
+    for (i, data) in bad.into_iter().enumerate() {
+        c.send(ws_ephemeral(ws, i as u64 + 1, data)).await.unwrap();
+    }
+    // Then good ones: typing (data a map, as the relay sends), and presence (data the envelope
+    // itself, as `handle.broadcast(envelope)` sends it). The relay handles one session's
+    // frames in order: every bad note was refused before it passed these on.
+    let good = signed(&wendy, ws, typing, now);
+    c.send(ws_ephemeral(ws, 20, Some(note_map(good.clone()))))
+        .await
+        .unwrap();
+    let online = signed(
+        &wendy,
+        ws,
+        EphemeralKind::Presence {
+            state: Presence::Online,
+        },
+        now,
+    );
+    let mut as_bytes = Vec::new();
+    ciborium::into_writer(&Value::Bytes(online), &mut as_bytes).unwrap();
+    c.send(ws_ephemeral(ws, 21, Some(as_bytes))).await.unwrap();
+    let (_, before) = until_event(&mut ev_a, "wendy typing in #general at alice", |e| {
+        typing_in(e, general, wendy.person_id())
+    })
+    .await;
+    assert!(
+        !before.iter().any(
+            |e| matches!(e, NodeEvent::Typing { person, .. } if *person != alice_id.person_id())
+        ),
+        "a bad note was passed on: {before:?}"
+    );
+    until_presence(&alice, &mut ev_a, wendy.device_id(), Presence::Online).await;
+    // Mallory's iroh session gets wendy's typing as the envelope she signed.
+    tokio::time::timeout(LIMIT, async {
+        loop {
+            match r.next().await {
+                Ok(Some(Frame::Ephemeral { signed })) if signed == good => return,
+                Ok(Some(_)) => {}
+                other => panic!("mallory's session ended: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("wendy's note reaches mallory's iroh session");
+    let metrics = relay.handle().metrics.clone();
+    assert_eq!(metrics.ephemeral_refused.load(Ordering::Relaxed), refused);
+    let (_, body) = request(relay.http_addr(), "GET", "/metrics", b"").await;
+    let body = String::from_utf8(body).unwrap();
+    assert!(
+        body.contains(&format!("flyt_relay_ephemeral_refused_total {refused}\n")),
+        "{body}"
+    );
+
+    // The socket is still up and syncing: asking for #general's document gets its sync.
+    c.send(ws_request(general)).await.unwrap();
+    let general_text = general.to_string();
+    ws_next(&mut c, "a sync of #general", |m| {
+        text(m, "type") == Some("sync") && text(m, "documentId") == Some(&general_text)
+    })
+    .await;
+    assert_eq!(metrics.connections.load(Ordering::Relaxed), 3);
+    drop(c);
+    raw.close().await;
+    alice.shutdown().await;
+    relay.shutdown().await;
+}
+
+/// The real thing: `@automerge/automerge-repo` under Node, as a member device, finds the
+/// workspace document through `/sync` and hears alice's presence through `ephemeral-message`
+/// (npm packages in `sync-relay/tests/js`, installed by `npm ci` there).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_js_automerge_repo_client_hears_presence_through_ephemeral_message() {
+    let Fixture {
+        relay,
+        alice,
+        alice_id,
+        wendy,
+        raw,
+        ws,
+        _dirs,
+        ..
+    } = relay_alice_and_mallory([29; 32]).await;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/js");
+    assert!(
+        dir.join("node_modules/@automerge/automerge-repo").exists(),
+        "run `npm ci` in {} first (.ci/run does)",
+        dir.display()
+    );
+    let url = format!(
+        "ws://{}/sync?{}",
+        relay.http_addr(),
+        sync_relay::ws::sync_query(&wendy.device, peer::now_ms())
+    );
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new("node")
+            .arg(dir.join("sync.mjs"))
+            .arg(url)
+            .arg(ws.to_string())
+            .arg("--ephemeral")
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the JS client finishes in time")
+    .expect("node runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "node failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_str(stdout.trim().lines().last().unwrap()).unwrap();
+    assert!(
+        v["keys"].as_array().is_some_and(|k| !k.is_empty()),
+        "the workspace document synced: {v}"
+    );
+    let m = &v["message"];
+    assert_eq!(m["kind"], "presence", "{v}");
+    assert_eq!(m["state"], "online", "{v}");
+    assert_eq!(m["workspace"], ws.to_string());
+    assert_eq!(m["device"], alice_id.device_id().to_string());
+    assert_eq!(m["person"], alice_id.person_id().to_string());
+    let envelope = hex::decode(m["signed"].as_str().unwrap()).unwrap();
+    let n = Signed::<Ephemeral>::decode(&envelope).expect("the envelope verifies");
+    assert_eq!(n.device(), alice_id.device_id());
+    assert_eq!(m["at_ms"], n.payload.at_ms);
+    assert_eq!(
+        v["senderId"],
+        format!("flyt-relay-{}", &relay.handle().info.id[..16])
+    );
     raw.close().await;
     alice.shutdown().await;
     relay.shutdown().await;
