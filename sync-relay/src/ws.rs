@@ -21,7 +21,10 @@
 //! message of a document carries no changes, so nothing is lost by holding it back.
 //! `leave` ends the connection; the remote-heads messages are accepted and not relayed.
 //! Malformed CBOR, text frames, a message before `join`, an unknown type or an oversized
-//! message get an `error` message (where the socket still works) and a closed connection.
+//! message get an `error` message (where the socket still works) and a closed connection; so
+//! does a flood: each connection has the relay's rate limit ([`Limits`]), one WebSocket message
+//! counting as one frame, and past it the connection is ended and counted
+//! (`flyt_relay_rate_limited_total`), never the relay's other sessions.
 //!
 //! **Typing and presence** travel as automerge-repo `ephemeral` messages, both ways, under the
 //! relay's rules for Flyt's signed notes (`Frame::Ephemeral`, see [`crate::runtime`]).
@@ -119,6 +122,20 @@ pub struct WsState {
     pub peer_id: String,
     /// The clock, ms since the Unix epoch.
     pub now_ms: fn() -> i64,
+    /// The per-connection rate limit (the relay's, as on its iroh side), and where what it
+    /// ends is counted; `None`: unlimited.
+    pub limits: Option<Limits>,
+}
+
+/// What limits one `/sync` connection: the relay's frame and byte token buckets
+/// (`frames_per_sec`, `frame_burst`, `bytes_per_sec`, `byte_burst`), one WebSocket message
+/// counting as one frame.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// The relay's configuration (its rate limit keys).
+    pub config: Arc<crate::config::Config>,
+    /// Where a connection ended by the limit is counted (`flyt_relay_rate_limited_total`).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl std::fmt::Debug for WsState {
@@ -139,6 +156,10 @@ impl WsState {
                 &relay.info.id[..16.min(relay.info.id.len())]
             ),
             now_ms: crate::api::system_now_ms,
+            limits: Some(Limits {
+                config: relay.config.clone(),
+                metrics: relay.metrics.clone(),
+            }),
         }
     }
 }
@@ -509,6 +530,10 @@ async fn run(socket: &mut WebSocket, device: DeviceId, state: &WsState) -> End {
     else {
         return End::Error("the relay is shutting down".into());
     };
+    let mut limit = state
+        .limits
+        .as_ref()
+        .map(|l| crate::runtime::RateLimit::new(&l.config));
     // Documents the client asked about: only those are sent to it.
     let mut asked: HashSet<DocId> = HashSet::new();
     let mut notes = Notes::new();
@@ -520,6 +545,14 @@ async fn run(socket: &mut WebSocket, device: DeviceId, state: &WsState) -> End {
                     Ok(None) => return End::Gone,
                     Err(e) => return e,
                 };
+                // A flood ends this connection only, as on the iroh side.
+                if let (Some(limit), Some(l)) = (&mut limit, &state.limits)
+                    && !limit.allow(bytes.len())
+                {
+                    crate::metrics::Metrics::add(&l.metrics.rate_limited, 1);
+                    tracing::warn!("rate limit exceeded on /sync: closing");
+                    return End::Error("rate limit exceeded".into());
+                }
                 let frame = match decode(&bytes) {
                     Ok(ClientMsg::Sync { doc, data }) => {
                         if asked.insert(doc) {

@@ -179,6 +179,7 @@ async fn server() -> Server {
         hub: Arc::new(hub.clone()),
         peer_id: "flyt-relay-test".into(),
         now_ms: now,
+        limits: None,
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

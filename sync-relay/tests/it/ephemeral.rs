@@ -828,3 +828,69 @@ async fn a_js_automerge_repo_client_hears_presence_through_ephemeral_message() {
     alice.shutdown().await;
     relay.shutdown().await;
 }
+
+/// A WebSocket client that floods the relay (more messages than the frame burst, at once) gets
+/// an `error` and a closed connection, counted as rate limited; the relay still serves, and the
+/// same member connects again and hears alice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_flood_closes_that_connection_only() {
+    let Fixture {
+        relay,
+        alice,
+        alice_id,
+        wendy,
+        to_relay: _w,
+        ws,
+        _dirs,
+        ..
+    } = relay_alice_and_mallory([28; 32]).await;
+    let burst = relay.handle().config.frame_burst as u64;
+    let mut c = ws_member(&relay, &wendy, ws).await;
+    let heads = || {
+        WsMessage::Binary(
+            cbor(vec![
+                ("type", Value::Text("remote-heads-changed".into())),
+                ("senderId", Value::Text("wendy-tab".into())),
+                ("targetId", Value::Text("relay".into())),
+                ("documentId", Value::Text(ws.to_string())),
+            ])
+            .into(),
+        )
+    };
+    for _ in 0..burst + 100 {
+        if c.feed(heads()).await.is_err() {
+            break;
+        }
+    }
+    let _ = c.flush().await;
+    let err = ws_next(&mut c, "the relay's error", |m| {
+        text(m, "type") == Some("error")
+    })
+    .await;
+    let why = text(&err, "message").unwrap_or_default();
+    assert!(why.contains("rate limit"), "{why}");
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    loop {
+        match tokio::time::timeout_at(deadline, c.next()).await {
+            Ok(None | Some(Err(_)) | Some(Ok(WsMessage::Close(_)))) => break,
+            Ok(Some(Ok(_))) => {}
+            Err(_) => panic!("the flooding connection stayed open"),
+        }
+    }
+    let m = &relay.handle().metrics;
+    assert_eq!(m.rate_limited.load(Ordering::Relaxed), 1);
+    assert_eq!(
+        request(relay.http_addr(), "GET", "/readyz", b"").await.0,
+        200
+    );
+
+    // The relay goes on: wendy again, hearing alice's presence.
+    let mut c = ws_member(&relay, &wendy, ws).await;
+    let alice_hex = alice_id.device_id().to_string();
+    ws_note(&mut c, "alice's presence", |d| {
+        text(d, "kind") == Some("presence") && text(d, "device") == Some(&alice_hex)
+    })
+    .await;
+    alice.shutdown().await;
+    relay.shutdown().await;
+}
