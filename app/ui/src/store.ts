@@ -20,6 +20,9 @@ import {
 import { mergeMessages, reduceBatch } from "./lib/messages";
 
 export const PAGE = 50;
+/** Older history comes in larger pages: each page that arrives while scrolling back costs a
+ *  frame or two (merge, rows, re-measure), so fewer, larger pages drop fewer frames. */
+export const OLDER_PAGE = 200;
 /** How long a typing notice stays up without a repeat. */
 const TYPING_MS = 5000;
 
@@ -236,12 +239,12 @@ export async function loadOlder(id: string): Promise<boolean> {
   const oldest = have.items[0];
   setChannel(id, { loading: true });
   const items = await attempt(() =>
-    call("read", { channel: id, limit: PAGE, ...(oldest ? { before: oldest.id } : {}) }),
+    call("read", { channel: id, limit: OLDER_PAGE, ...(oldest ? { before: oldest.id } : {}) }),
   );
   const now = state.byChannel[id] ?? have;
   setChannel(id, {
     items: mergeMessages(now.items, items ?? []),
-    hasMore: items !== undefined && items.length >= PAGE,
+    hasMore: items !== undefined && items.length >= OLDER_PAGE,
     loading: false,
   });
   return (items?.length ?? 0) > 0;
