@@ -307,8 +307,9 @@ impl Transport {
 
     /// [`Transport::bind`], with iroh's relay transport and `relays` (`flyt-relay` base URLs)
     /// in its map: the endpoint is reachable through them and can use more
-    /// ([`Transport::add_relay`]). Only then: iroh 1.4's relay transport logs an error when the
-    /// endpoint closes (iroh#3749), so a node with no relay goes without it.
+    /// ([`Transport::add_relay`]), also when `relays` is empty (a node: its workspaces may list
+    /// a relay later). iroh 1.4's relay transport logs an error when such an endpoint closes
+    /// (iroh#3749); Flyt's binaries filter it out ([`QUIET_LOGS`]).
     pub async fn bind_relaying(
         device_secret: [u8; 32],
         bind: SocketAddr,

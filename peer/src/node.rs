@@ -911,6 +911,13 @@ impl Node {
                 while let Some(Some(d)) = cancel.run_until_cancelled(to_dial.recv()).await {
                     match d {
                         Dial::Keep(to) => {
+                            // A relay listed since the start: the endpoint uses its `/relay`
+                            // from now on (reachable through it, and reaching through it).
+                            for url in &to.relays {
+                                if let Err(e) = dialer.transport.add_relay(url, None).await {
+                                    warn!(%url, "using a relay for NAT help failed: {e:#}");
+                                }
+                            }
                             let stop = cancel.child_token();
                             kept.insert(to.id, stop.clone());
                             dialer.connect_until(to, stop);
@@ -1140,12 +1147,11 @@ impl Node {
     }
 }
 
-/// The node's endpoint on `at`, with iroh's relay transport only if there are `relays`.
+/// The node's endpoint on `at`, with iroh's relay transport and `relays` in its map, even when
+/// there are none yet: a relay that a workspace lists later is added while the node runs
+/// (`Dial::Keep`), so NAT help does not wait for a restart.
 async fn bind(secret: [u8; 32], at: SocketAddr, relays: &[String]) -> Result<Transport, NetError> {
-    match relays.is_empty() {
-        true => Transport::bind(secret, at).await,
-        false => Transport::bind_relaying(secret, at, relays).await,
-    }
+    Transport::bind_relaying(secret, at, relays).await
 }
 
 /// The store thread's word to the dialler: keep a connection to a listed relay, or to a

@@ -29,6 +29,17 @@ fn person(dir: &std::path::Path, name: &str) -> (Store, [u8; 32]) {
     (s, secret)
 }
 
+/// `bob` becomes a member of `alice`'s current workspace (her invite, redeemed by her store).
+fn admit(alice: &mut Store, bob: &Store) {
+    let ticket = alice.invite(Role::Member, 3_600_000, vec![]).unwrap();
+    let cert = bob
+        .identity()
+        .unwrap()
+        .device_cert("device", peer::now_ms())
+        .to_bytes();
+    alice.redeem(&ticket, &cert).unwrap();
+}
+
 /// `to` as reachable only through the relay at `url`.
 fn via(url: &str, to: &Transport) -> PeerAddr {
     PeerAddr {
@@ -111,13 +122,7 @@ async fn members_with_no_direct_path_connect_through_the_relay_and_no_one_else_d
     let relay_addr = relay.peer_addr();
     let relay_udp: Vec<String> = relay_addr.addrs.iter().map(|a| a.to_string()).collect();
     alice.add_relay(&url, relay_addr.id, relay_udp).unwrap();
-    let ticket = alice.invite(Role::Member, 3_600_000, vec![]).unwrap();
-    let cert = bob
-        .identity()
-        .unwrap()
-        .device_cert("device", peer::now_ms())
-        .to_bytes();
-    alice.redeem(&ticket, &cert).unwrap();
+    admit(&mut alice, &bob);
     let (status, body) = request(
         relay.http_addr(),
         "POST",
@@ -184,6 +189,63 @@ async fn members_with_no_direct_path_connect_through_the_relay_and_no_one_else_d
     for t in [a, b, c, d, j] {
         t.close().await;
     }
+    relay.shutdown().await;
+}
+
+/// NAT help from a relay added while a node runs: alice's node starts with no relay in her
+/// workspace, then she adds one through it (as `flyt relay add` does with `flyt serve`
+/// running). Bob's device has no direct path at all (a relay-only endpoint) and reaches her
+/// running node through the relay, where it greets him as a member.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_added_while_a_node_runs_carries_a_member_with_no_direct_path() {
+    let relay_dir = tempfile::tempdir().unwrap();
+    let relay = start(config(relay_dir.path())).await;
+    let url = format!("http://{}", relay.http_addr());
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (mut alice, _) = person(a_dir.path(), "alice");
+    let (bob, b_secret) = person(b_dir.path(), "bob");
+    let ws = alice.create_workspace("acme").unwrap();
+    admit(&mut alice, &bob);
+    assert!(alice.relay_peers().unwrap().is_empty(), "no relay yet");
+    drop(alice);
+    let node = crate::sync::node(&a_dir.path().join("flyt.db")).await;
+    let alice_id = node.addr().id;
+
+    // The relay joins the workspace while alice's node runs.
+    let relay_addr = relay.peer_addr();
+    let (u, id, udp) = (url.clone(), relay_addr.id, crate::sync::addrs(&relay_addr));
+    let saved = node
+        .call(move |s| {
+            s.add_relay(&u, id, udp)?;
+            s.workspace_save(ws)
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    let (status, body) = request(relay.http_addr(), "POST", "/join", &saved).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+
+    // Bob, with no UDP socket of his own, reaches alice's node through the relay alone.
+    let b = Transport::bind_relay_only(b_secret).await.unwrap();
+    assert!(b.add_relay(&url, None).await.unwrap());
+    let to = PeerAddr {
+        id: alice_id,
+        addrs: vec![],
+        relays: vec![url.clone()],
+    };
+    let conn = dial_until_up(&b, &to).await;
+    assert_eq!(conn.remote, alice_id);
+    let (mut r, mut w) = conn.split();
+    w.send(&hello()).await.unwrap();
+    let first = tokio::time::timeout(LIMIT, r.next())
+        .await
+        .expect("alice's node answered in time");
+    assert!(
+        matches!(first, Ok(Some(Frame::Hello { .. }))),
+        "alice's node greets a member: {first:?}"
+    );
+    b.close().await;
+    node.shutdown().await;
     relay.shutdown().await;
 }
 
