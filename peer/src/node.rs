@@ -114,7 +114,8 @@ struct Shared {
     connected: Vec<DeviceId>,
     last_sync: HashMap<DeviceId, i64>,
     presence: HashMap<DeviceId, (PersonId, Presence)>,
-    /// Peers whose link is cut ([`Node::cut`]): the dial loops leave them alone meanwhile.
+    /// Peers whose link is cut ([`Node::cut`]): the store thread refuses their connections and
+    /// the dial loops leave them alone meanwhile.
     cut: std::collections::HashSet<DeviceId>,
 }
 
@@ -416,8 +417,6 @@ fn store_thread(
         told: std::collections::HashSet::new(),
     };
     let mut heard = Heard::default();
-    // Peers whose link is cut (`Node::cut`): their connections are refused.
-    let mut cut: std::collections::HashSet<DeviceId> = std::collections::HashSet::new();
     // Relays of our workspaces already being kept connected.
     let mut relays: std::collections::HashSet<DeviceId> = std::collections::HashSet::new();
     // Members' devices found on the LAN and being kept connected; nodes found there that are
@@ -494,7 +493,10 @@ fn store_thread(
             busy = true;
         }
         match cmd {
-            Cmd::Up { peer, conn_id, tx } if cut.contains(&peer) => {
+            // A cut link (`Node::cut`): its connections are refused.
+            Cmd::Up { peer, conn_id, tx }
+                if shared.lock().expect("shared lock").cut.contains(&peer) =>
+            {
                 // Dropping `tx` ends the new connection's writer, which closes it.
                 debug!(%peer, conn_id, "refused a connection over a cut link");
                 drop(tx);
@@ -620,7 +622,6 @@ fn store_thread(
                 }
             }
             Cmd::Cut(peer, true) => {
-                cut.insert(peer);
                 shared.lock().expect("shared lock").cut.insert(peer);
                 if conns.live.remove(&peer).is_some() {
                     // Its connection task ends and reports `Down`, which ends the sync session.
@@ -631,7 +632,6 @@ fn store_thread(
                 }
             }
             Cmd::Cut(peer, false) => {
-                cut.remove(&peer);
                 shared.lock().expect("shared lock").cut.remove(&peer);
                 mesh.dirty = true;
             }
@@ -822,16 +822,19 @@ impl Node {
         // Port 0 asks for any port: the one this home's node listened on last, while it is
         // free. Peers keep dialling the address they learnt, and two nodes that both restart
         // would otherwise know only each other's old ports.
+        // Always with iroh's relay transport, even with no relay yet: a relay a workspace lists
+        // later is added while the node runs (`Dial::Keep`), so NAT help needs no restart.
+        let bind = |at| Box::pin(Transport::bind_relaying(secret, at, &relays));
         let last = store.last_port()?.filter(|_| cfg.bind.port() == 0);
         let transport = match last.map(|port| SocketAddr::new(cfg.bind.ip(), port)) {
-            Some(at) => match Box::pin(bind(secret, at, &relays)).await {
+            Some(at) => match bind(at).await {
                 Ok(t) => t,
                 Err(e) => {
                     debug!(%at, "the last port is not free, taking another: {e}");
-                    Box::pin(bind(secret, cfg.bind, &relays)).await?
+                    bind(cfg.bind).await?
                 }
             },
-            None => Box::pin(bind(secret, cfg.bind, &relays)).await?,
+            None => bind(cfg.bind).await?,
         };
         let transport = Arc::new(transport);
         let found = match cfg.lan {
@@ -1145,13 +1148,6 @@ impl Node {
             let _ = tokio::task::spawn_blocking(move || t.join()).await;
         }
     }
-}
-
-/// The node's endpoint on `at`, with iroh's relay transport and `relays` in its map, even when
-/// there are none yet: a relay that a workspace lists later is added while the node runs
-/// (`Dial::Keep`), so NAT help does not wait for a restart.
-async fn bind(secret: [u8; 32], at: SocketAddr, relays: &[String]) -> Result<Transport, NetError> {
-    Transport::bind_relaying(secret, at, relays).await
 }
 
 /// The store thread's word to the dialler: keep a connection to a listed relay, or to a
