@@ -18,7 +18,7 @@ use automerge::{Automerge, ObjType, Patch, PatchAction, Prop, ROOT, ReadDoc};
 
 use crate::channel::{BucketKey, deterministic_init};
 use crate::ids::{DeviceId, DocId, MessageId, PersonId};
-use crate::signed::{Body, Deletion, PostHeader, Reaction, Record, Signed};
+use crate::signed::{Body, Deletion, PostHeader, Reaction, Record, Signed, vouch};
 use crate::workspace::WorkspaceView;
 use crate::{Identity, ModelError, Role, commit, get_all_bytes, get_map, validate_text};
 
@@ -69,6 +69,16 @@ pub struct NewPost {
 /// Writes a new message.
 pub fn post(doc: &mut Automerge, me: &Identity, p: NewPost) -> Result<MessageId, ModelError> {
     validate_text(&p.text)?;
+    let body = Signed::sign(
+        &me.device,
+        Body {
+            id: p.id,
+            text: p.text,
+            mentions: p.mentions,
+            at_ms: p.ts_ms,
+            edit: false,
+        },
+    );
     let header = Signed::sign(
         &me.device,
         PostHeader {
@@ -78,16 +88,7 @@ pub fn post(doc: &mut Automerge, me: &Identity, p: NewPost) -> Result<MessageId,
             ts_ms: p.ts_ms,
             reply_to: p.reply_to,
             thread_root: p.thread_root,
-        },
-    );
-    let body = Signed::sign(
-        &me.device,
-        Body {
-            id: p.id,
-            text: p.text,
-            mentions: p.mentions,
-            at_ms: p.ts_ms,
-            edit: false,
+            body: Some(vouch(&body.to_bytes())),
         },
     );
     commit(doc, p.ts_ms, |tx| {
@@ -340,9 +341,11 @@ pub fn message(
     let mut edited_ms = None;
     let mut reactions: BTreeMap<String, BTreeSet<PersonId>> = BTreeMap::new();
     if !deleted {
+        // The header vouches for the first body: it is not checked again (one signature per
+        // message, not two, for a device catching up on history).
         let bodies: Vec<Signed<Body>> = get_all_bytes(doc, &obj, "b")
             .iter()
-            .filter_map(|b| Signed::<Body>::decode(b).ok())
+            .filter_map(|b| Signed::<Body>::decode_vouched(b, h.body.as_ref()).ok())
             .filter(|b| b.payload.id == id)
             .collect();
         let valid = bodies
@@ -587,6 +590,7 @@ mod tests {
                 ts_ms: 3,
                 reply_to: None,
                 thread_root: None,
+                body: None,
             },
         );
         let body = Signed::sign(
@@ -629,6 +633,78 @@ mod tests {
         })
         .unwrap();
         assert_eq!(messages(&d, CH, &ws).len(), 2);
+    }
+
+    /// A header vouches for its message's first body (one signature checked per message). A
+    /// message from before that (no vouch) still verifies on both signatures; a first body
+    /// swapped for another is checked on its own and flagged.
+    #[test]
+    fn the_header_vouches_for_the_first_body_only() {
+        let (p, ws) = setup();
+        let mut d = new_bucket(&p[0]);
+        let id = say(&mut d, &p[0], 1, "hello");
+        let obj = get_map(&d, &ROOT, &id.to_string()).unwrap();
+        let h = header_of(&d, &obj).unwrap();
+        let first = get_all_bytes(&d, &obj, "b").pop().unwrap();
+        assert_eq!(h.payload.body, Some(vouch(&first)));
+        assert!(message(&d, CH, id, &ws).unwrap().verified);
+
+        // Written before headers vouched: both signatures checked, still verified.
+        let old = MessageId::new(2, [2; 10]);
+        let body = |at_ms, device: &Identity, text: &str| {
+            let b = Body {
+                id: old,
+                text: text.into(),
+                mentions: vec![],
+                at_ms,
+                edit: false,
+            };
+            Signed::sign(&device.device, b).to_bytes()
+        };
+        let header = Signed::sign(
+            &p[0].device,
+            PostHeader {
+                channel: CH,
+                id: old,
+                author: p[0].person_id(),
+                ts_ms: 2,
+                reply_to: None,
+                thread_root: None,
+                body: None,
+            },
+        );
+        let genuine = body(2, &p[0], "from an older build");
+        commit(&mut d, 2, |tx| {
+            let m = tx.put_object(ROOT, old.to_string(), ObjType::Map)?;
+            tx.put(&m, "h", header.to_bytes())?;
+            tx.put(&m, "b", genuine.clone())?;
+            Ok(())
+        })
+        .unwrap();
+        let m = message(&d, CH, old, &ws).unwrap();
+        assert!(m.verified && m.text == "from an older build");
+
+        // The vouched first body replaced by one with a broken signature: refused, flagged.
+        let mut broken = first.clone();
+        let at = broken.len() - 1;
+        broken[at] ^= 1;
+        commit(&mut d, 3, |tx| Ok(tx.put(&obj, "b", broken)?)).unwrap();
+        let m = message(&d, CH, id, &ws).unwrap();
+        assert!(!m.verified && m.text.is_empty());
+        // ...or by another member's genuine body: checked on its own signature, flagged.
+        let other = Signed::sign(
+            &p[1].device,
+            Body {
+                id,
+                text: "hello from bob".into(),
+                mentions: vec![],
+                at_ms: 1,
+                edit: false,
+            },
+        );
+        commit(&mut d, 4, |tx| Ok(tx.put(&obj, "b", other.to_bytes())?)).unwrap();
+        let m = message(&d, CH, id, &ws).unwrap();
+        assert!(!m.verified && m.text == "hello from bob");
     }
 
     #[test]
