@@ -113,6 +113,12 @@ enum Command {
         /// there (mDNS), so peers on one LAN sync directly without anyone's address.
         #[arg(long)]
         lan: bool,
+        /// Reach peers and be reached only through your workspaces' relays (`flyt relay
+        /// add`): no UDP socket of its own, so no peer learns this device's IP addresses, and
+        /// it syncs from behind any NAT or firewall that lets the relay's URL through. A new
+        /// home joins through the relay its invite ticket names.
+        #[arg(long, conflicts_with = "lan")]
+        relay_only: bool,
         /// Also serve the desktop app's UI to a browser on this loopback address (e.g.
         /// 127.0.0.1:8080; port 0 picks one) and print the link to open, token included.
         /// Works on a fresh home: the page onboards you.
@@ -364,16 +370,32 @@ fn run(cli: Cli, out: &mut output::Out) -> Result<()> {
         Command::Serve {
             bind,
             lan,
+            relay_only,
             ui: Some(ui),
             ui_dir,
         } => {
             drop(store);
-            return net::serve(&home, bind, lan, Some((ui, ui::ui_dir(ui_dir))), out);
+            let net = net::Reach {
+                bind,
+                lan,
+                relay_only,
+            };
+            return net::serve(&home, net, Some((ui, ui::ui_dir(ui_dir))), out);
         }
-        Command::Serve { bind, lan, .. } => {
+        Command::Serve {
+            bind,
+            lan,
+            relay_only,
+            ..
+        } => {
             store.identity()?;
             drop(store);
-            return net::serve(&home, bind, lan, None, out);
+            let net = net::Reach {
+                bind,
+                lan,
+                relay_only,
+            };
+            return net::serve(&home, net, None, out);
         }
         Command::Device(DeviceCmd::Join { ticket, bind }) => {
             if let Ok(me) = store.identity() {

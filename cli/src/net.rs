@@ -27,6 +27,7 @@ async fn start(home: &Path, bind: SocketAddr) -> Result<Node> {
         db: home.join("flyt.db"),
         bind,
         lan: false,
+        relay_only: false,
     })
     .await
     .context("starting the node")
@@ -47,13 +48,22 @@ async fn stop_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
+/// How `flyt serve` reaches the network (its flags).
+pub struct Reach {
+    /// `--bind`.
+    pub bind: SocketAddr,
+    /// `--lan`.
+    pub lan: bool,
+    /// `--relay-only`.
+    pub relay_only: bool,
+}
+
 /// `flyt serve [--ui ADDR]`: the node behind the app's API, the control socket every other
 /// `flyt` command on this home goes through, and with `ui` the app's UI over HTTP; until
 /// Ctrl-C or SIGTERM.
 pub fn serve(
     home: &Path,
-    bind: SocketAddr,
-    lan: bool,
+    net: Reach,
     ui: Option<(SocketAddr, Result<PathBuf, String>)>,
     out: &mut Out,
 ) -> Result<()> {
@@ -71,7 +81,7 @@ pub fn serve(
             None => None,
         };
         let api = Arc::new(
-            Api::open_home(home, bind, lan)
+            Api::open_home(home, net.bind, net.lan, net.relay_only)
                 .await
                 .map_err(|e| anyhow::anyhow!("{}", e.message))
                 .context("starting the node")?,
@@ -100,8 +110,7 @@ pub fn serve(
                     .await
                     .map_err(|e| anyhow::anyhow!("{}", e.message))
                     .context("starting the node")?;
-                let addr = node.addr();
-                out.serving(&addr.id.to_string(), &addr.addrs)?;
+                out.serving(&node.addr())?;
                 events = Some(node.subscribe());
             }
         }

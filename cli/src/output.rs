@@ -288,14 +288,26 @@ impl Out {
         Ok(())
     }
 
-    pub fn serving(&mut self, id: &str, addrs: &[std::net::SocketAddr]) -> Result<()> {
+    pub fn serving(&mut self, at: &peer::net::PeerAddr) -> Result<()> {
+        let id = at.id.to_string();
         if self.json {
-            self.line(&json!({ "type": "serving", "id": id, "addrs": addrs }))?;
+            let (addrs, relays) = (&at.addrs, &at.relays);
+            self.line(&json!({ "type": "serving", "id": id, "addrs": addrs, "relays": relays }))?;
             return Ok(());
         }
-        let list: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+        let list: Vec<String> = at.addrs.iter().map(|a| a.to_string()).collect();
         writeln!(self.out, "Flyt node {id}")?;
-        writeln!(self.out, "listening on {}", list.join(", "))?;
+        match (list.is_empty(), at.relays.is_empty()) {
+            (false, _) => writeln!(self.out, "listening on {}", list.join(", "))?,
+            (true, false) => writeln!(self.out, "no address of its own: relay only")?,
+            (true, true) => writeln!(
+                self.out,
+                "relay only, and no relay yet: `flyt relay add URL` adds one, or join with a ticket that names one"
+            )?,
+        }
+        if !at.relays.is_empty() {
+            writeln!(self.out, "reachable through {}", at.relays.join(", "))?;
+        }
         writeln!(
             self.out,
             "Invite someone with `flyt invite` in another terminal. Ctrl-C stops."

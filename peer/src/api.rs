@@ -439,6 +439,7 @@ impl From<NodeError> for ApiError {
                 format!("The other device did not answer in time ({what})."),
             ),
             NodeError::Stopped => (Unavailable, "Flyt is shutting down.".to_owned()),
+            NodeError::Config(why) => (BadRequest, sentence(why)),
         };
         ApiError { code, message }
     }
@@ -773,9 +774,15 @@ impl Api {
     }
 
     /// The API over the home folder `home` (created, owner-only, if it is new) with its node
-    /// on `bind` (with LAN discovery if `lan`, see [`NodeConfig::lan`]): how both transports
+    /// on `bind` (with LAN discovery if `lan`, see [`NodeConfig::lan`]; through relays alone if
+    /// `relay_only`, see [`NodeConfig::relay_only`]): how both transports
     /// (the desktop app, `flyt serve --ui`) start.
-    pub async fn open_home(home: &Path, bind: SocketAddr, lan: bool) -> Result<Api, ApiError> {
+    pub async fn open_home(
+        home: &Path,
+        bind: SocketAddr,
+        lan: bool,
+        relay_only: bool,
+    ) -> Result<Api, ApiError> {
         crate::home::create(home).map_err(|e| {
             error!("api: creating {}: {e}", home.display());
             ApiError::new(
@@ -787,6 +794,7 @@ impl Api {
             db: crate::home::db_path(home),
             bind,
             lan,
+            relay_only,
         })
         .await
     }

@@ -61,6 +61,9 @@ pub enum NodeError {
     /// Something did not happen in time.
     #[error("timed out: {0}")]
     Timeout(&'static str),
+    /// The configuration asks for something impossible.
+    #[error("{0}")]
+    Config(&'static str),
 }
 
 /// What the node tells observers (the CLI's `tail`, the app, tests waiting without sleeps).
@@ -193,6 +196,11 @@ pub struct NodeConfig {
     /// Announce this node and find peers on the local network by mDNS (`flyt serve --lan`):
     /// devices of our workspaces' members found there are dialled, nobody else.
     pub lan: bool,
+    /// Reach and be reached only through the workspaces' relays (`flyt serve --relay-only`):
+    /// no UDP socket of its own, so no peer ever learns this device's IP addresses, and a
+    /// node behind any NAT or firewall that lets HTTPS out still syncs with everyone. `bind`
+    /// is not used; with `lan` the node refuses to start (mDNS announces IP addresses).
+    pub relay_only: bool,
 }
 
 /// A running node. Call [`Node::shutdown`] to stop it cleanly.
@@ -801,6 +809,14 @@ fn store_thread(
     }
 }
 
+/// Where peers reach this node, as tickets and peer lists carry it: its direct addresses, then
+/// the relays it is reachable through (a relay-only node has only those).
+fn listen_addrs(transport: &Transport) -> Vec<String> {
+    let at = transport.addr();
+    let direct = at.addrs.iter().map(|a| a.to_string());
+    direct.chain(at.relays).collect()
+}
+
 impl Node {
     /// Opens the store, binds the endpoint with this device's key and starts accepting.
     pub async fn start(cfg: NodeConfig) -> Result<Node, NodeError> {
@@ -827,6 +843,18 @@ impl Node {
         let bind = |at| Box::pin(Transport::bind_relaying(secret, at, &relays));
         let last = store.last_port()?.filter(|_| cfg.bind.port() == 0);
         let transport = match last.map(|port| SocketAddr::new(cfg.bind.ip(), port)) {
+            _ if cfg.relay_only => {
+                if cfg.lan {
+                    return Err(NodeError::Config(
+                        "--lan announces this device's IP addresses; it cannot go with --relay-only",
+                    ));
+                }
+                let t = Transport::bind_relay_only(secret).await?;
+                for r in &relays {
+                    t.add_relay(r, None).await?;
+                }
+                t
+            }
             Some(at) => match bind(at).await {
                 Ok(t) => t,
                 Err(e) => {
@@ -916,10 +944,23 @@ impl Node {
                         Dial::Keep(to) => {
                             // A relay listed since the start: the endpoint uses its `/relay`
                             // from now on (reachable through it, and reaching through it).
+                            let mut added = false;
                             for url in &to.relays {
-                                if let Err(e) = dialer.transport.add_relay(url, None).await {
-                                    warn!(%url, "using a relay for NAT help failed: {e:#}");
+                                match dialer.transport.add_relay(url, None).await {
+                                    Ok(new) => added |= new,
+                                    Err(e) => {
+                                        warn!(%url, "using a relay for NAT help failed: {e:#}")
+                                    }
                                 }
+                            }
+                            // Tickets and peers learn that we are reachable there too.
+                            if added {
+                                let listen = listen_addrs(&dialer.transport);
+                                let _ = dialer.cmd.send(Cmd::Call(Box::new(move |s| {
+                                    if let Err(e) = s.set_listen_addrs(&listen) {
+                                        warn!("recording where we listen failed: {e:#}");
+                                    }
+                                })));
                             }
                             let stop = cancel.child_token();
                             kept.insert(to.id, stop.clone());
@@ -963,9 +1004,8 @@ impl Node {
         };
         // Record where we listen (for invite tickets and peers); the store thread's first tick
         // reconnects to the peers we know (`Mesh::keep`).
-        let addrs = node.addr().addrs;
-        let port = addrs.first().map(|a| a.port());
-        let listen: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+        let port = node.addr().addrs.first().map(|a| a.port());
+        let listen = listen_addrs(&node.transport);
         node.call(move |s| {
             s.set_listen_addrs(&listen)?;
             port.map_or(Ok(()), |p| s.set_last_port(p))

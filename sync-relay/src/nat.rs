@@ -41,15 +41,20 @@ const QUEUE: usize = 256;
 /// The request line prefix that goes to the relay service.
 const RELAY_REQUEST: &[u8] = b"GET /relay";
 
-/// The relay's admission policy for `/relay`: current members' devices, and invite holders.
+/// The relay's admission policy for `/relay`: current members' devices, invite holders, and the
+/// relay's own endpoint (its home relay is this one, so relay-only nodes reach it too).
 #[derive(Debug, Clone)]
 pub struct Members {
     relay: RelayHandle,
+    me: DeviceId,
 }
 
 impl AccessControl for Members {
     async fn on_connect(&self, request: &ClientRequest) -> Access {
         let device = DeviceId(*request.endpoint_id().as_bytes());
+        if device == self.me {
+            return Access::Allow;
+        }
         let invite = request.auth_token();
         let admitted = self
             .relay
@@ -71,14 +76,15 @@ impl AccessControl for Members {
     }
 }
 
-/// The embedded iroh relay service, admitting what [`Members`] admits.
-pub fn service(relay: RelayHandle) -> RelayService {
+/// The embedded iroh relay service, admitting what [`Members`] admits; `me` is the relay's own
+/// endpoint.
+pub fn service(relay: RelayHandle, me: DeviceId) -> RelayService {
     RelayService::new(
         Handlers::default(),
         axum::http::HeaderMap::new(),
         None,
         KeyCache::new(1024),
-        Arc::new(Members { relay }),
+        Arc::new(Members { relay, me }),
         Arc::new(Metrics::default()),
     )
 }

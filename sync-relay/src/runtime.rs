@@ -275,7 +275,10 @@ impl Relay {
         config.listen = http_addr;
         let mut store = RelayStore::open(&config.data_dir, config.allowed_workspaces())?;
         store.archiving(ext.archive.is_some());
-        let transport = Arc::new(Transport::bind(store.secret(), config.iroh_bind).await?);
+        // With iroh's relay transport: the endpoint also makes its own `/relay` its home relay
+        // (below, once that listens), so nodes with no direct path (`--relay-only`) reach it.
+        let transport =
+            Arc::new(Transport::bind_relaying(store.secret(), config.iroh_bind, &[]).await?);
         let url = config.public_url();
         let info = Info {
             id: transport.id().to_string(),
@@ -365,7 +368,7 @@ impl Relay {
         // One port for both: `/relay` connections go to iroh's relay service (crate::nat).
         let listener = crate::nat::SplitListener::new(
             listener,
-            crate::nat::service(handle.clone()),
+            crate::nat::service(handle.clone(), transport.id()),
             cancel.clone(),
         )
         .map_err(RelayError::Http)?;
@@ -380,6 +383,7 @@ impl Relay {
                 }
             });
         }
+        transport.add_relay(&handle.info.url, None).await?;
         info!(id = %transport.id(), http = %http_addr, iroh = ?handle.info.addrs, "relay started");
         Ok(Relay {
             handle,

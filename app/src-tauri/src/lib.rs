@@ -86,7 +86,7 @@ impl Shell {
     async fn api(&self) -> Result<Arc<Api>, ApiError> {
         self.api
             .get_or_init(|| async {
-                let api = Api::open_home(&self.cfg.home, self.cfg.bind, false).await;
+                let api = Api::open_home(&self.cfg.home, self.cfg.bind, false, false).await;
                 match &api {
                     Ok(_) => tracing::info!("flyt-app: home {}", self.cfg.home.display()),
                     Err(e) => tracing::error!("flyt-app: opening {}: {e}", self.cfg.home.display()),

@@ -17,6 +17,7 @@ async fn open(home: &Home) -> Api {
         db: home.path.clone(),
         bind: "127.0.0.1:0".parse().unwrap(),
         lan: false,
+        relay_only: false,
     })
     .await
     .expect("api opens")
@@ -374,7 +375,7 @@ async fn join_then_a_burst_arrives_in_a_few_batches() {
 async fn open_home_creates_a_private_home_that_onboards() {
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("new/home");
-    let api = Api::open_home(&home, "127.0.0.1:0".parse().unwrap(), false)
+    let api = Api::open_home(&home, "127.0.0.1:0".parse().unwrap(), false, false)
         .await
         .expect("a fresh home opens");
     assert_eq!(
@@ -397,7 +398,7 @@ async fn open_home_on_a_file_says_which_folder_and_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("home");
     std::fs::write(&file, "not a folder").unwrap();
-    let e = Api::open_home(&file, "127.0.0.1:0".parse().unwrap(), false)
+    let e = Api::open_home(&file, "127.0.0.1:0".parse().unwrap(), false, false)
         .await
         .unwrap_err();
     assert_eq!(e.code, ErrorCode::Internal);

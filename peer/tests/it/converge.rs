@@ -184,6 +184,7 @@ async fn start(seed: u64, home: &Home, bind: SocketAddr) -> Node {
         db: home.path.clone(),
         bind,
         lan: false,
+        relay_only: false,
     })
     .await
     .unwrap_or_else(|e| {

@@ -22,6 +22,7 @@ pub async fn start_with(home: &Home, lan: bool) -> Node {
         db: home.path.clone(),
         bind: "127.0.0.1:0".parse().unwrap(),
         lan,
+        relay_only: false,
     })
     .await
     .expect("node starts")

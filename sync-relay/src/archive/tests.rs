@@ -621,6 +621,7 @@ async fn alice_on(
         db,
         bind: ([127, 0, 0, 1], 0).into(),
         lan: false,
+        relay_only: false,
     })
     .await
     .unwrap();
@@ -865,6 +866,7 @@ async fn sync_states_are_archived_live(database_url: Option<String>) {
         db: home.path().join("flyt.db"),
         bind: ([127, 0, 0, 1], 0).into(),
         lan: false,
+        relay_only: false,
     })
     .await
     .unwrap();

@@ -16,6 +16,7 @@ async fn open(db: &std::path::Path) -> Api {
         db: db.to_owned(),
         bind: "127.0.0.1:0".parse().unwrap(),
         lan: false,
+        relay_only: false,
     })
     .await
     .unwrap()

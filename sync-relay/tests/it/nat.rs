@@ -1,12 +1,13 @@
 //! NAT help: the relay's `/relay` (iroh's relay protocol) carries connections between members'
-//! endpoints that have no direct path at all (relay-only transports: no UDP socket of their
-//! own), and refuses everyone else at its handshake.
+//! endpoints that have no direct path at all (relay-only transports and nodes: no UDP socket
+//! of their own), and refuses everyone else at its handshake.
 
 use std::time::Duration;
 
-use crdt_model::Role;
+use crdt_model::{DeviceId, Role};
 use peer::Store;
 use peer::net::{Conn, NetError, PeerAddr, Transport};
+use peer::node::{Node, NodeConfig, NodeError};
 use peer::sync::protocol::{Frame, PROTOCOL_VERSION};
 
 use crate::common::{LIMIT, config, request, start};
@@ -260,5 +261,125 @@ async fn the_relay_answers_irohs_latency_probe_and_still_serves_http() {
     // A `/relay` request that is no WebSocket upgrade gets the relay service's refusal.
     let (status, _) = request(relay.http_addr(), "GET", "/relay", b"").await;
     assert_eq!(status, 400);
+    relay.shutdown().await;
+}
+
+/// A node with no direct path at all (`flyt serve --relay-only`: no UDP socket of its own).
+async fn relay_only_node(db: &std::path::Path) -> Node {
+    Node::start(NodeConfig {
+        db: db.to_owned(),
+        bind: crate::sync::LOOPBACK.parse().unwrap(),
+        lan: false,
+        relay_only: true,
+    })
+    .await
+    .unwrap()
+}
+
+/// Waits until `node` has a live connection to `peer`.
+async fn connected_to(node: &Node, peer: DeviceId, what: &str) {
+    let mut events = node.subscribe();
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while !node.connected().contains(&peer) {
+        if tokio::time::timeout_at(deadline, events.recv())
+            .await
+            .is_err()
+        {
+            panic!("timed out waiting until {what}");
+        }
+    }
+}
+
+/// Two full nodes, neither with a direct path (both relay-only): alice's ticket names only the
+/// relay, bob joins through it, each keeps a connection to the other through it (not only to
+/// the relay as a sync peer) and they chat live. Asking for `--lan` too is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_relay_only_nodes_invite_join_and_chat_through_the_relay() {
+    let relay_dir = tempfile::tempdir().unwrap();
+    let relay = start(config(relay_dir.path())).await;
+    let url = format!("http://{}", relay.http_addr());
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (db_a, db_b) = (a.path().join("flyt.db"), b.path().join("flyt.db"));
+    let (ws, ch) = crate::sync::alice_adds_relay(&db_a, &relay).await;
+
+    let both = Node::start(NodeConfig {
+        db: db_a.clone(),
+        bind: crate::sync::LOOPBACK.parse().unwrap(),
+        lan: true,
+        relay_only: true,
+    })
+    .await;
+    assert!(
+        matches!(both, Err(NodeError::Config(_))),
+        "mDNS would announce the addresses --relay-only hides: {both:?}"
+    );
+
+    let alice = relay_only_node(&db_a).await;
+    assert!(
+        alice.addr().addrs.is_empty(),
+        "alice has no address of her own"
+    );
+    connected_to(&alice, relay.peer_addr().id, "alice reaches the relay").await;
+    let listen = alice.call(|s| s.listen_addrs()).await.unwrap().unwrap();
+    assert_eq!(
+        listen,
+        vec![url.clone()],
+        "peers and tickets learn the relay only"
+    );
+    let ticket = alice
+        .call(move |s| s.invite(Role::Member, 3_600_000, listen))
+        .await
+        .unwrap()
+        .unwrap();
+
+    Store::open(&db_b).unwrap().init("bob").unwrap();
+    let bob = relay_only_node(&db_b).await;
+    assert!(bob.addr().addrs.is_empty(), "bob has no address of his own");
+    let mut ev_b = bob.subscribe();
+    assert_eq!(bob.join(&ticket).await.unwrap(), ws);
+    crate::sync::until(&bob, &mut ev_b, "bob has #general", move |s| {
+        s.use_workspace(ws).ok()?;
+        let chans = s.channels().ok()?;
+        chans.iter().any(|c| c.name == "general").then_some(())
+    })
+    .await;
+    let (alice_id, bob_id) = (alice.addr().id, bob.addr().id);
+    connected_to(&alice, bob_id, "alice keeps a link to bob").await;
+    connected_to(&bob, alice_id, "bob keeps a link to alice").await;
+
+    alice
+        .call(move |s| {
+            s.post(ch, "hello through the relay", None, None)
+                .map(|_| ())
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    let got = crate::sync::until(&bob, &mut ev_b, "alice's message", move |s| {
+        let rows = s.read(ch, 50, None, None).ok()?;
+        rows.into_iter()
+            .find(|m| m.text == "hello through the relay")
+    })
+    .await;
+    assert!(got.verified && got.author.name == "alice");
+    bob.call(move |s| s.set_profile(ws, "bob"))
+        .await
+        .unwrap()
+        .unwrap();
+    bob.call(move |s| s.post(ch, "and back", None, None).map(|_| ()))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut ev_a = alice.subscribe();
+    // (By name once bob's profile, another document, has reached alice too.)
+    let got = crate::sync::until(&alice, &mut ev_a, "bob's answer", move |s| {
+        let rows = s.read(ch, 50, None, None).ok()?;
+        rows.into_iter()
+            .find(|m| m.text == "and back" && m.author.name == "bob")
+    })
+    .await;
+    assert!(got.verified, "{got:?}");
+    bob.shutdown().await;
+    alice.shutdown().await;
     relay.shutdown().await;
 }

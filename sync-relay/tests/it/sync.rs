@@ -21,6 +21,7 @@ pub(crate) async fn node(db: &std::path::Path) -> Node {
         db: db.to_owned(),
         bind: LOOPBACK.parse().unwrap(),
         lan: false,
+        relay_only: false,
     })
     .await
     .unwrap()

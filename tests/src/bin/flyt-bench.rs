@@ -288,6 +288,7 @@ async fn start_node(db: &Path) -> Result<peer::node::Node> {
         db: db.to_path_buf(),
         bind: "127.0.0.1:0".parse()?,
         lan: false,
+        relay_only: false,
     })
     .await?)
 }
