@@ -1041,7 +1041,7 @@ impl Api {
                     ));
                 }
                 let node = self.node().await?;
-                let addrs: Vec<String> = node.addr().addrs.iter().map(|a| a.to_string()).collect();
+                let addrs = node.reachable_at();
                 self.call(move |s| {
                     let ticket = s.link_ticket(secs as i64 * 1000, addrs)?;
                     let expires = crdt_model::invite::decode_link(&ticket, crate::now_ms())?
@@ -1214,7 +1214,7 @@ impl Api {
             ));
         }
         let node = self.node().await?;
-        let addrs: Vec<String> = node.addr().addrs.iter().map(|a| a.to_string()).collect();
+        let addrs = node.reachable_at();
         self.call(move |s| {
             let ticket = s.invite(role, secs as i64 * 1000, addrs)?;
             let expires = crdt_model::invite::decode(&ticket, crate::now_ms())?

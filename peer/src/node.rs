@@ -1005,7 +1005,7 @@ impl Node {
         // Record where we listen (for invite tickets and peers); the store thread's first tick
         // reconnects to the peers we know (`Mesh::keep`).
         let port = node.addr().addrs.first().map(|a| a.port());
-        let listen = listen_addrs(&node.transport);
+        let listen = node.reachable_at();
         node.call(move |s| {
             s.set_listen_addrs(&listen)?;
             port.map_or(Ok(()), |p| s.set_last_port(p))
@@ -1078,6 +1078,11 @@ impl Node {
     /// This node's device id and listening addresses.
     pub fn addr(&self) -> PeerAddr {
         self.transport.addr()
+    }
+
+    /// Where peers reach this node, as tickets carry it: direct addresses, then relays.
+    pub fn reachable_at(&self) -> Vec<String> {
+        listen_addrs(&self.transport)
     }
 
     /// Observe what happens (changes from peers, local writes, peers coming and going).
