@@ -2,7 +2,7 @@ import { memo, useCallback, useLayoutEffect, useRef, useState } from "react";
 import type { Message, Presence } from "../api";
 import { Markdown } from "../lib/markdown";
 import { afterPaint } from "../lib/perf";
-import { shortTime, timeOfDay } from "../lib/timeline";
+import { fullTime, shortTime, timeOfDay } from "../lib/timeline";
 import { edit, openThread, react, remove, update } from "../store";
 import { Avatar } from "./Avatar";
 import { EmojiPicker } from "./EmojiPicker";
@@ -98,7 +98,7 @@ function MessageItemImpl(p: Props) {
                 unverified
               </span>
             )}
-            <time dateTime={new Date(m.ts).toISOString()} title={new Date(m.ts).toLocaleString()}>
+            <time dateTime={new Date(m.ts).toISOString()} title={fullTime(m.ts)}>
               {timeOfDay(m.ts)}
             </time>
           </div>
@@ -112,7 +112,7 @@ function MessageItemImpl(p: Props) {
           <div className="text">
             <Markdown text={m.text} isMe={isMe} />
             {m.edited && (
-              <span className="edited" title={m.edited_ts ? new Date(m.edited_ts).toLocaleString() : undefined}>
+              <span className="edited" title={m.edited_ts ? fullTime(m.edited_ts) : undefined}>
                 (edited)
               </span>
             )}

@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { msg } from "./fixtures";
-import { buildRows, dayLabel, GROUP_WINDOW_MS } from "./timeline";
+import { buildRows, dayLabel, fullTime, GROUP_WINDOW_MS, shortTime, timeOfDay } from "./timeline";
 
 const day = (y: number, m: number, d: number, h = 12, min = 0) => new Date(y, m - 1, d, h, min).getTime();
 const bob = { name: "bob", key: "kb" };
@@ -53,5 +53,17 @@ describe("rows", () => {
 
   it("labels days in another year with the year", () => {
     expect(dayLabel(day(2025, 3, 4), day(2026, 12, 2))).toBe("March 4, 2025");
+  });
+});
+
+describe("times", () => {
+  // The formatters are made once; they must say what the per-call Date methods said.
+  it("match the locale's own formatting", () => {
+    for (const ts of [day(2026, 12, 6, 0, 5), day(2026, 12, 6, 14, 30), day(2025, 1, 9, 23, 59)]) {
+      const d = new Date(ts);
+      expect(timeOfDay(ts)).toBe(d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" }));
+      expect(shortTime(ts)).toBe(d.toLocaleTimeString([], { hour: "numeric", minute: "2-digit" }).replace(/\s?[AP]M$/i, ""));
+      expect(fullTime(ts)).toBe(d.toLocaleString());
+    }
   });
 });

@@ -16,6 +16,22 @@ function dayKey(ts: number): string {
   return `${d.getFullYear()}-${d.getMonth() + 1}-${d.getDate()}`;
 }
 
+// One formatter each, made once: `toLocaleTimeString(locale, options)` builds a new
+// Intl.DateTimeFormat on every call, and a screen of messages formats three times each
+// (a sixth of a channel's first open, in a profile).
+const OTHER_YEAR = new Intl.DateTimeFormat("en-US", { month: "long", day: "numeric", year: "numeric" });
+const THIS_YEAR = new Intl.DateTimeFormat("en-US", { weekday: "long", month: "long", day: "numeric" });
+const SHORT = new Intl.DateTimeFormat([], { hour: "numeric", minute: "2-digit" });
+const TIME_OF_DAY = new Intl.DateTimeFormat([], { hour: "2-digit", minute: "2-digit" });
+const FULL = new Intl.DateTimeFormat([], {
+  year: "numeric",
+  month: "numeric",
+  day: "numeric",
+  hour: "numeric",
+  minute: "2-digit",
+  second: "2-digit",
+});
+
 /** "Today", "Yesterday", "Monday, December 1" or, in another year, "December 1, 2025". */
 export function dayLabel(ts: number, now: number = Date.now()): string {
   const d = new Date(ts);
@@ -25,18 +41,23 @@ export function dayLabel(ts: number, now: number = Date.now()): string {
   if (days === 0) return "Today";
   if (days === 1) return "Yesterday";
   if (d.getFullYear() !== today.getFullYear())
-    return d.toLocaleDateString("en-US", { month: "long", day: "numeric", year: "numeric" });
-  return d.toLocaleDateString("en-US", { weekday: "long", month: "long", day: "numeric" });
+    return OTHER_YEAR.format(d);
+  return THIS_YEAR.format(d);
 }
 
 /** "2:05" (no AM/PM): the time in a grouped message's narrow gutter. */
 export function shortTime(ts: number): string {
-  return new Date(ts).toLocaleTimeString([], { hour: "numeric", minute: "2-digit" }).replace(/\s?[AP]M$/i, "");
+  return SHORT.format(ts).replace(/\s?[AP]M$/i, "");
 }
 
 /** "2:05 PM"-style time of day, in the user's locale. */
 export function timeOfDay(ts: number): string {
-  return new Date(ts).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+  return TIME_OF_DAY.format(ts);
+}
+
+/** Date and time in full, in the user's locale: a timestamp's tooltip. */
+export function fullTime(ts: number): string {
+  return FULL.format(ts);
 }
 
 export function buildRows(messages: readonly Message[], now: number = Date.now()): Row[] {
