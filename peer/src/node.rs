@@ -820,6 +820,11 @@ fn listen_addrs(transport: &Transport) -> Vec<String> {
 impl Node {
     /// Opens the store, binds the endpoint with this device's key and starts accepting.
     pub async fn start(cfg: NodeConfig) -> Result<Node, NodeError> {
+        if cfg.relay_only && cfg.lan {
+            return Err(NodeError::Config(
+                "--lan announces this device's IP addresses; it cannot go with --relay-only",
+            ));
+        }
         let mut store = Store::open(&cfg.db)?;
         let secret = store.identity()?.device.to_bytes();
         let received = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -842,27 +847,23 @@ impl Node {
         // later is added while the node runs (`Dial::Keep`), so NAT help needs no restart.
         let bind = |at| Box::pin(Transport::bind_relaying(secret, at, &relays));
         let last = store.last_port()?.filter(|_| cfg.bind.port() == 0);
-        let transport = match last.map(|port| SocketAddr::new(cfg.bind.ip(), port)) {
-            _ if cfg.relay_only => {
-                if cfg.lan {
-                    return Err(NodeError::Config(
-                        "--lan announces this device's IP addresses; it cannot go with --relay-only",
-                    ));
-                }
-                let t = Transport::bind_relay_only(secret).await?;
-                for r in &relays {
-                    t.add_relay(r, None).await?;
-                }
-                t
+        let transport = if cfg.relay_only {
+            let t = Transport::bind_relay_only(secret).await?;
+            for r in &relays {
+                t.add_relay(r, None).await?;
             }
-            Some(at) => match bind(at).await {
-                Ok(t) => t,
-                Err(e) => {
-                    debug!(%at, "the last port is not free, taking another: {e}");
-                    bind(cfg.bind).await?
-                }
-            },
-            None => bind(cfg.bind).await?,
+            t
+        } else {
+            match last.map(|port| SocketAddr::new(cfg.bind.ip(), port)) {
+                Some(at) => match bind(at).await {
+                    Ok(t) => t,
+                    Err(e) => {
+                        debug!(%at, "the last port is not free, taking another: {e}");
+                        bind(cfg.bind).await?
+                    }
+                },
+                None => bind(cfg.bind).await?,
+            }
         };
         let transport = Arc::new(transport);
         let found = match cfg.lan {

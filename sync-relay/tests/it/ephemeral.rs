@@ -188,7 +188,7 @@ async fn presence_and_public_typing_reach_members_connected_only_to_the_relay() 
 }
 
 /// Waits until `node` is connected to `device`, re-checking after every event.
-async fn until_connected(
+pub(crate) async fn until_connected(
     node: &Node,
     events: &mut broadcast::Receiver<NodeEvent>,
     device: DeviceId,

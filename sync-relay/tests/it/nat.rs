@@ -4,13 +4,14 @@
 
 use std::time::Duration;
 
-use crdt_model::{DeviceId, Role};
+use crdt_model::Role;
 use peer::Store;
 use peer::net::{Conn, NetError, PeerAddr, Transport};
 use peer::node::{Node, NodeConfig, NodeError};
 use peer::sync::protocol::{Frame, PROTOCOL_VERSION};
 
 use crate::common::{LIMIT, config, request, start};
+use crate::ephemeral::until_connected;
 
 /// One dial attempt through the relay.
 const DIAL: Duration = Duration::from_secs(3);
@@ -276,20 +277,6 @@ async fn relay_only_node(db: &std::path::Path) -> Node {
     .unwrap()
 }
 
-/// Waits until `node` has a live connection to `peer`.
-async fn connected_to(node: &Node, peer: DeviceId, what: &str) {
-    let mut events = node.subscribe();
-    let deadline = tokio::time::Instant::now() + LIMIT;
-    while !node.connected().contains(&peer) {
-        if tokio::time::timeout_at(deadline, events.recv())
-            .await
-            .is_err()
-        {
-            panic!("timed out waiting until {what}");
-        }
-    }
-}
-
 /// Two full nodes, neither with a direct path (both relay-only): alice's ticket names only the
 /// relay, bob joins through it, each keeps a connection to the other through it (not only to
 /// the relay as a sync peer) and they chat live. Asking for `--lan` too is refused.
@@ -319,7 +306,7 @@ async fn two_relay_only_nodes_invite_join_and_chat_through_the_relay() {
         alice.addr().addrs.is_empty(),
         "alice has no address of her own"
     );
-    connected_to(&alice, relay.peer_addr().id, "alice reaches the relay").await;
+    until_connected(&alice, &mut alice.subscribe(), relay.peer_addr().id).await;
     let listen = alice.call(|s| s.listen_addrs()).await.unwrap().unwrap();
     assert_eq!(
         listen,
@@ -344,8 +331,8 @@ async fn two_relay_only_nodes_invite_join_and_chat_through_the_relay() {
     })
     .await;
     let (alice_id, bob_id) = (alice.addr().id, bob.addr().id);
-    connected_to(&alice, bob_id, "alice keeps a link to bob").await;
-    connected_to(&bob, alice_id, "bob keeps a link to alice").await;
+    until_connected(&alice, &mut alice.subscribe(), bob_id).await;
+    until_connected(&bob, &mut bob.subscribe(), alice_id).await;
 
     alice
         .call(move |s| {
